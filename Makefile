@@ -1,0 +1,54 @@
+# Two commands do everything: `make book` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Figures must reach the book: never let a headless backend setting drop them.
+unexport MPLBACKEND
+
+.PHONY: help venv export lint book test test-fast clean
+
+help:
+	@echo "make book   build the HTML book (sets up .venv, exports ddpm_lib, runs every chapter)"
+	@echo "make test   every test: library, notebooks, export, book build, real browser"
+	@echo "make export re-export ddpm_lib from notebooks/ after editing a chapter"
+	@echo "make lint   ruff on the library, notebooks, tests and scripts"
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+export: $(STAMP)
+	$(BIN)/python scripts/clean_notebooks.py
+	$(BIN)/python scripts/export_library.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check ddpm_lib notebooks tests scripts
+	$(BIN)/ruff format --check ddpm_lib notebooks tests scripts
+
+book: $(STAMP)
+	$(BIN)/python scripts/export_library.py --check || $(MAKE) export
+	$(BIN)/python scripts/build_book.py
+	@echo "Open file://$(CURDIR)/_build/html/index.html"
+
+# Every test. The book is built first (the browser tests read it).
+test: $(STAMP)
+	$(BIN)/python scripts/clean_notebooks.py --check
+	$(BIN)/python scripts/export_library.py --check
+	$(BIN)/ruff check ddpm_lib notebooks tests scripts
+	$(BIN)/python scripts/build_book.py
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# Library unit tests only: seconds, for the edit-test loop.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow and not browser and not book" -x -q
+
+clean:
+	rm -rf _build
