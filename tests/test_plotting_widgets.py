@@ -1,0 +1,71 @@
+"""ddpm_lib.plotting and ddpm_lib.widgets: tensors in, figures and widgets out."""
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # the tests only inspect figures; the book build keeps its own backend
+
+import pytest
+import torch
+from PIL import Image
+
+from ddpm_lib.plotting import image_to_png, show_images, to_display
+from ddpm_lib.widgets import noise_slider_live, noise_slider_static
+
+
+def test_to_display_maps_range_and_layout():
+    grey = to_display(torch.tensor([[[-1.0, 0.0], [1.0, 3.0]]]))
+    assert grey.shape == (2, 2)
+    assert grey.tolist() == [[0.0, 0.5], [1.0, 1.0]]  # clamped to [-1, 1]
+    assert to_display(torch.zeros(3, 4, 5)).shape == (4, 5, 3)
+    with pytest.raises(ValueError, match="one image"):
+        to_display(torch.zeros(2, 4, 4))
+
+
+def test_show_images_grid():
+    fig = show_images(torch.zeros(7, 1, 8, 8), titles=list("abcdefg"), ncols=4)
+    assert len(fig.axes) == 8
+    assert [ax.get_title() for ax in fig.axes[:7]] == list("abcdefg")
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        show_images(torch.zeros(1, 8, 8))
+
+
+def test_image_to_png_scales_up():
+    png = image_to_png(torch.zeros(1, 28, 28), size_px=100)
+    img = Image.open(io.BytesIO(png))
+    assert img.size == (84, 84)  # 28 * 3
+
+
+def test_static_slider_links_slider_to_stack(monkeypatch):
+    ipywidgets = pytest.importorskip("ipywidgets")
+    links = []
+    real_jslink = ipywidgets.jslink
+    monkeypatch.setattr(
+        ipywidgets, "jslink", lambda a, b: links.append((a, b)) or real_jslink(a, b)
+    )
+    frames = torch.stack([torch.full((1, 4, 4), v) for v in (-1.0, 0.0, 1.0)])
+    box = noise_slider_static(frames, [0, 10, 20])
+    slider, stack = box.children
+    assert isinstance(stack, ipywidgets.Stack)
+    assert list(slider.options) == ["0", "10", "20"]
+    assert len({img.value for img in stack.children}) == 3  # three different pictures
+    # The link itself acts in the browser (tests/test_browser.py); here: the right traits.
+    assert links == [((slider, "index"), (stack, "selected_index"))]
+    with pytest.raises(ValueError, match="one frame"):
+        noise_slider_static(frames, [0, 10])
+
+
+def test_live_slider_recomputes():
+    pytest.importorskip("ipywidgets")
+    calls = []
+
+    def make_image(t):
+        calls.append(t)
+        return torch.full((1, 4, 4), t / 10 - 1)
+
+    box = noise_slider_live(make_image, num_timesteps=20)
+    slider, image = box.children
+    before = image.value
+    slider.value = 15
+    assert calls == [0, 15] and image.value != before
