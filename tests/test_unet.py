@@ -1,0 +1,163 @@
+"""ddpm_lib.unet: shapes, the paper's parameter count, dependence on t, bad input, learning."""
+
+import pytest
+import torch
+
+from ddpm_lib.unet import Attention, ResBlock, UNet, UNetConfig, timestep_embedding
+from ddpm_lib.utils import count_parameters
+
+
+def tiny(**overrides) -> UNetConfig:
+    fields = dict(
+        image_size=16,
+        in_channels=1,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        dropout=0.0,
+        num_groups=4,
+        num_timesteps=100,
+    )
+    return UNetConfig(**(fields | overrides))
+
+
+def randomize_zero_layers(model: torch.nn.Module) -> None:
+    """Give the zero-initialised layers random weights, as training would."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().max() == 0:
+                p.normal_(std=0.1)
+
+
+@pytest.mark.parametrize(
+    ("channels", "size", "mults"),
+    [
+        (1, 28, (1, 2, 2)),
+        (3, 32, (1, 2, 2, 2)),
+        (1, 14, (1, 2)),
+        (3, 15, (1, 2)),
+        (2, 9, (1, 2, 2)),
+    ],
+)
+def test_output_has_the_input_shape(channels, size, mults):
+    config = tiny(in_channels=channels, image_size=size, channel_mults=mults)
+    model = UNet(config)
+    x = torch.randn(3, channels, size, size)
+    out = model(x, torch.tensor([1, 50, 100]))
+    assert out.shape == x.shape and out.dtype == x.dtype
+
+
+def test_non_square_and_other_sizes_than_configured():
+    model = UNet(tiny())
+    for h, w in [(16, 12), (7, 20), (32, 32)]:
+        assert model(torch.randn(2, 1, h, w), 5).shape == (2, 1, h, w)
+
+
+def test_paper_parameter_count():
+    n = count_parameters(UNet(UNetConfig.ddpm_cifar10()))
+    assert abs(n - 35.7e6) / 35.7e6 < 0.01
+    assert n == 35_746_307  # the PyTorch port of the paper's TensorFlow model
+
+
+def test_presets():
+    assert UNetConfig() == UNetConfig.ddpm_cifar10()
+    paper = UNetConfig.ddpm_cifar10()
+    assert (paper.base_channels, paper.channel_mults, paper.num_res_blocks) == (
+        128,
+        (1, 2, 2, 2),
+        2,
+    )
+    assert paper.attention_resolutions == (16,) and paper.dropout == 0.1
+    assert paper.num_timesteps == 1000
+    mnist = UNetConfig.mnist()
+    assert (mnist.image_size, mnist.in_channels) == (28, 1)
+    assert 5e6 < count_parameters(UNet(mnist)) < 12.5e6  # fits 25 MB in float16
+    assert count_parameters(UNet(UNetConfig.toy())) < 300_000
+
+
+def test_untrained_network_outputs_zero():
+    model = UNet(tiny())
+    assert model(torch.randn(2, 1, 16, 16), 7).abs().max() == 0
+
+
+def test_output_depends_on_t():
+    model = UNet(tiny()).eval()
+    randomize_zero_layers(model)
+    x = torch.randn(1, 1, 16, 16).expand(4, -1, -1, -1)
+    out = model(x, torch.tensor([1, 2, 50, 100]))
+    for i in range(3):
+        assert (out[i] - out[i + 1]).abs().mean() > 1e-5
+    torch.testing.assert_close(model(x, torch.tensor([1, 2, 50, 100])), out)
+
+
+def test_output_depends_on_x_and_items_are_independent():
+    model = UNet(tiny()).eval()
+    randomize_zero_layers(model)
+    x = torch.randn(2, 1, 16, 16)
+    out = model(x, torch.tensor([10, 10]))
+    assert (out[0] - out[1]).abs().mean() > 1e-5
+    torch.testing.assert_close(model(x[:1], torch.tensor([10])), out[:1], atol=1e-5, rtol=1e-4)
+
+
+def test_bad_input_is_refused():
+    model = UNet(tiny())
+    with pytest.raises(ValueError, match="in_channels=1"):
+        model(torch.randn(2, 3, 16, 16), 5)
+    with pytest.raises(ValueError, match="in_channels=1"):
+        model(torch.randn(1, 16, 16), 5)
+    with pytest.raises(ValueError, match="1..T = 1..100"):
+        model(torch.randn(2, 1, 16, 16), 0)
+    with pytest.raises(ValueError, match="1..T = 1..100"):
+        model(torch.randn(2, 1, 16, 16), torch.tensor([1, 101]))
+    with pytest.raises(ValueError, match="one per image"):
+        model(torch.randn(2, 1, 16, 16), torch.tensor([1, 2, 3]))
+    with pytest.raises(TypeError, match="integer"):
+        model(torch.randn(2, 1, 16, 16), torch.tensor([1.0, 2.0]))
+    with pytest.raises(TypeError, match="float"):
+        model(torch.zeros(2, 1, 16, 16, dtype=torch.long), 5)
+    with pytest.raises(ValueError, match="divisible by num_groups"):
+        tiny(num_groups=3)
+
+
+def test_timestep_embedding():
+    emb = timestep_embedding(torch.tensor([0, 1, 1000]), 16)
+    assert emb.shape == (3, 16)
+    torch.testing.assert_close(emb[0], torch.cat([torch.zeros(8), torch.ones(8)]))
+    torch.testing.assert_close(emb[:, :8] ** 2 + emb[:, 8:] ** 2, torch.ones(3, 8))
+    with pytest.raises(ValueError, match="even"):
+        timestep_embedding(torch.tensor([1]), 9)
+
+
+def test_blocks_start_as_identity():
+    block = ResBlock(8, 16, 32, dropout=0.0, groups=4)
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(block(x, torch.randn(2, 32)), block.skip(x))
+    attn = Attention(16, groups=4)
+    y = torch.randn(2, 16, 4, 4)
+    torch.testing.assert_close(attn(y), y)
+
+
+def test_tiny_model_overfits_one_batch():
+    """A few hundred Adam steps drive the noise-prediction error on one fixed batch far down."""
+    torch.manual_seed(0)
+    model = UNet(tiny(attention_resolutions=()))
+    x = torch.randn(4, 1, 16, 16)
+    t = torch.tensor([5, 20, 60, 90])
+    target = torch.randn(4, 1, 16, 16)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss = (model(x, t) - target).pow(2).mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 0.9  # zero output at the start: the loss is the target's mean square
+    assert loss.item() < 0.1 * first
+
+
+def test_config_takes_lists_from_json():
+    config = UNetConfig(channel_mults=[1, 2], attention_resolutions=[16])
+    assert config.channel_mults == (1, 2) and config.attention_resolutions == (16,)
+    assert hash(config) == hash(UNetConfig(channel_mults=(1, 2), attention_resolutions=(16,)))
