@@ -52,7 +52,12 @@ def export(nbs_dir: Path, lib_dir: Path) -> list[Path]:
 
     for nb in chapter_notebooks(nbs_dir):
         nb_export(str(nb), lib_path=str(lib_dir), mod_maker=FirstWriterCreates)
-    return generated_modules(lib_dir)
+    modules = generated_modules(lib_dir)
+    for p in modules:  # nbdev leaves an appended module without its final newline
+        text = p.read_text(encoding="utf-8")
+        if not text.endswith("\n"):
+            p.write_text(text + "\n", encoding="utf-8")
+    return modules
 
 
 def check(root: Path) -> list[str]:

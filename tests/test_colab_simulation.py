@@ -1,5 +1,5 @@
 """Simulated Colab: a fresh environment holding only what Colab preinstalls (torch, torchvision,
-matplotlib, ipywidgets, and the Jupyter kernel machinery), where a chapter's first cell installs
+matplotlib, ipywidgets, scipy, and the Jupyter kernel machinery), where a chapter's first cell installs
 ddpm_lib from the repository and the chapter then runs top to bottom.
 
 The environment is a new virtual environment whose site-packages link to exactly those
@@ -21,7 +21,7 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-COLAB_PREINSTALLED = ["torch", "torchvision", "matplotlib", "ipywidgets"]
+COLAB_PREINSTALLED = ["torch", "torchvision", "matplotlib", "ipywidgets", "scipy"]
 KERNEL_MACHINERY = ["ipykernel", "nbclient", "nbformat"]  # Colab runs notebooks in a kernel
 CHAPTER = "notebooks/02_forward_process.ipynb"
 
