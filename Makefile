@@ -51,4 +51,4 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow and not browser and not book" -x -q
 
 clean:
-	rm -rf _build
+	rm -rf _build book/_static/vendor

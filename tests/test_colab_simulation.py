@@ -1,6 +1,6 @@
 """Simulated Colab: a fresh environment holding only what Colab preinstalls (torch, torchvision,
-matplotlib, ipywidgets, scipy, and the Jupyter kernel machinery), where a chapter's first cell installs
-ddpm_lib from the repository and the chapter then runs top to bottom.
+matplotlib, ipywidgets, scipy, and the Jupyter kernel machinery), where a chapter's first cell
+installs ddpm_lib from the repository and the chapter then runs top to bottom.
 
 The environment is a new virtual environment whose site-packages link to exactly those
 distributions (and what they require) from the project's environment, so it is made in seconds
@@ -11,7 +11,6 @@ reader runs. pip fetches the other runtime needs (tqdm, safetensors) from the pa
 
 import os
 import subprocess
-import sys
 import sysconfig
 import venv
 from importlib import metadata
