@@ -44,7 +44,8 @@ test: $(STAMP)
 	$(BIN)/python scripts/export_library.py --check
 	$(BIN)/ruff check ddpm_lib notebooks tests scripts
 	$(BIN)/python scripts/build_book.py
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	# Two test processes on two cores: one thread each (tiny models are far slower with more).
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
 # Library unit tests only: seconds, for the edit-test loop.
 test-fast: $(STAMP)
