@@ -1,0 +1,191 @@
+"""Train a DDPM preset from the command line: the full-size runs of chapter 07.
+
+    python scripts/train.py --preset mnist --data mnist --out runs/mnist --max-minutes 30
+    python scripts/train.py --preset toy --data mini_mnist --out runs/toy --steps 50
+
+Writes into --out: log.jsonl (one JSON record per log line: step, loss, lr, images/s),
+checkpoint/ (EMA weights + config + training state; the run resumes from it when the command is
+run again) and samples/step_NNNNNNN.png. With --export DIR it also writes the checkpoint to share:
+DIR/model.safetensors (EMA weights in float16), DIR/config.json (with the command, wall time and
+hardware), DIR/log.jsonl and DIR/samples.png (64 samples of the exported weights); with
+--eval-samples N also DIR/eval_samples.npz (N samples, uint8) and DIR/quality.json (the quality
+figures of chapter 07 for digit models). Runs from a checkout with or without ddpm_lib installed.
+"""
+
+import argparse
+import json
+import platform
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # use this checkout's ddpm_lib
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ddpm_lib.data import DATASETS, load_images  # noqa: E402
+from ddpm_lib.schedules import NoiseSchedule, linear_betas  # noqa: E402
+from ddpm_lib.training import (  # noqa: E402
+    PRECISIONS,
+    PRESETS,
+    autocast_dtype,
+    export_checkpoint,
+    fit_images,
+    load_checkpoint,
+    preset,
+    save_image_grid,
+    train,
+)
+from ddpm_lib.unet import UNet  # noqa: E402
+from ddpm_lib.utils import count_parameters, get_device, seed_everything  # noqa: E402
+
+DEFAULT_DATA = {"toy": "mini_mnist", "mnist": "mnist", "ddpm_cifar10": "cifar10"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=PRESETS, default="mnist")
+    p.add_argument("--data", choices=DATASETS, help="default: the preset's (mnist for mnist)")
+    p.add_argument("--out", type=Path, required=True, help="the run's folder")
+    p.add_argument("--steps", type=int, help="total gradient steps (default: the preset's)")
+    p.add_argument("--max-minutes", type=float, help="wall-time budget of the training loop")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on a CPU",
+    )
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--sample-every", type=int)
+    p.add_argument("--sample-images", type=int, help="images per sample grid (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="default: cuda, else mps, else cpu")
+    p.add_argument(
+        "--no-resume", action="store_true", help="start afresh even if out/checkpoint exists"
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--export", type=Path, help="write the float16 checkpoint to share here")
+    p.add_argument("--eval-samples", type=int, default=0, help="with --export: samples to score")
+    return p.parse_args(argv)
+
+
+def pick_precision(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16"
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    seed_everything(args.seed)  # the weights' initialisation
+    device = torch.device(args.device) if args.device else get_device()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = True
+    unet_config, config = preset(args.preset)
+    overrides = {
+        "num_steps": args.steps, "max_minutes": args.max_minutes, "batch_size": args.batch_size,
+        "lr": args.lr, "log_every": args.log_every, "checkpoint_every": args.checkpoint_every,
+        "sample_every": args.sample_every, "num_sample_images": args.sample_images,
+    }  # fmt: skip
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = replace(config, seed=args.seed, precision=pick_precision(args.precision, device))
+    data_name = args.data or DEFAULT_DATA[args.preset]
+
+    images = load_images(data_name, "train")
+    if images.shape[1] != unet_config.in_channels:
+        sys.exit(f"{data_name} has {images.shape[1]} channel(s); the {args.preset} preset takes "
+                 f"{unet_config.in_channels}")  # fmt: skip
+    data = fit_images(images, unet_config.image_size)
+    schedule = NoiseSchedule.from_betas(linear_betas(unet_config.num_timesteps))
+    model = UNet(unet_config).to(device)
+    budget = f" or {config.max_minutes} min" if config.max_minutes else ""
+    print(
+        f"preset {args.preset}: {count_parameters(model):,d} parameters; data {data_name} "
+        f"{tuple(data.shape)}; {device} ({hardware(device)}), {config.precision}; "
+        f"up to {config.num_steps} steps{budget}",
+        flush=True,
+    )
+
+    history = train(model, schedule, data, config, out_dir=args.out,
+                    resume=not args.no_resume, progress=not args.no_progress)  # fmt: skip
+    train_seconds = history.records[-1]["elapsed_s"] if history.records else 0.0
+    rates = [r["images_per_s"] for r in history.records[1:]] or [0.0]
+    summary = {
+        "command": "python scripts/train.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "preset": args.preset,
+        "data": data_name,
+        "steps": history.step,
+        "stopped_by": history.stopped,
+        "train_wall_time_s": round(train_seconds, 1),
+        "images_per_s_median": round(float(np.median(rates)), 1),
+        "final_loss": history.records[-1]["loss"] if history.records else None,
+        "hardware": hardware(device),
+        "precision": config.precision,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    print(json.dumps(summary, indent=1), flush=True)
+
+    if args.export is not None:
+        export(args, history, summary, device, config, started)
+    print(f"done in {time.perf_counter() - started:.0f} s", flush=True)
+    return 0
+
+
+def export(args, history, summary, device, config, started) -> None:
+    """Write the float16 checkpoint to share, its log, a sample grid and (optionally) scores."""
+    dest = export_checkpoint(args.out / "checkpoint", args.export, torch.float16, extra=summary)
+    shutil.copy(args.out / "log.jsonl", dest / "log.jsonl")
+    model, schedule, _ = load_checkpoint(dest, device=device)  # the shipped float16 weights
+    amp_dtype = autocast_dtype(config.precision, device)
+    n = config.num_sample_images or 64
+    shape = (n, model.config.in_channels, model.config.image_size, model.config.image_size)
+    generator = torch.Generator(device=device).manual_seed(0)
+    from ddpm_lib.sampling import sample
+
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        grid = sample(model, schedule, shape, generator, progress=not args.no_progress)
+    save_image_grid(grid, dest / "samples.png")
+    print("wrote", dest / "samples.png", flush=True)
+    if args.eval_samples > 0:
+        from ddpm_lib.metrics import draw_digits, load_digit_classifier, quality_table, to_uint8
+
+        start = time.perf_counter()
+        digits = draw_digits(model, schedule, args.eval_samples, amp_dtype=amp_dtype,
+                             progress=not args.no_progress)  # fmt: skip
+        seconds = time.perf_counter() - start
+        np.savez_compressed(dest / "eval_samples.npz", images=to_uint8(digits).numpy())
+        classifier, classifier_info = load_digit_classifier()
+        quality = quality_table(digits, classifier)
+        quality["about"] = {
+            "samples": args.eval_samples, "sampling_s": round(seconds, 1),
+            "sampling_precision": config.precision, "classifier": classifier_info,
+            "command": summary["command"],
+        }  # fmt: skip
+        (dest / "quality.json").write_text(json.dumps(quality, indent=1) + "\n")
+        print(json.dumps({k: quality[k] for k in ("generated", "real", "noise")}, indent=1))
+    summary["total_wall_time_s"] = round(time.perf_counter() - started, 1)
+    summary["train_config"] = asdict(config)
+    (dest / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""ddpm_lib.metrics: the Frechet distance, the digit classifier, the quality table."""
+
+import math
+
+import pytest
+import torch
+
+from ddpm_lib.data import load_mini_mnist
+from ddpm_lib.metrics import (
+    CLASSIFIER_PATH,
+    classifier_accuracy,
+    digit_quality,
+    frechet_distance,
+    from_uint8,
+    load_digit_classifier,
+    quality_table,
+    reference_split,
+    save_digit_classifier,
+    to_uint8,
+    train_digit_classifier,
+)
+
+
+def test_frechet_distance_of_gaussians():
+    gen = torch.Generator().manual_seed(0)
+    a = 1.0 + 2.0 * torch.randn(100_000, 1, generator=gen)
+    b = -0.5 + 0.5 * torch.randn(100_000, 1, generator=gen)
+    assert frechet_distance(a, b) == pytest.approx(1.5**2 + 1.5**2, abs=0.05)
+    # Independent coordinates add up; the distance is symmetric; a set is at 0 from itself.
+    x = torch.randn(50_000, 3, generator=gen) * torch.tensor([1.0, 2.0, 3.0])
+    y = torch.randn(50_000, 3, generator=gen) + torch.tensor([1.0, 0.0, 0.0])
+    expected = 1.0 + (2 - 1) ** 2 + (3 - 1) ** 2
+    assert frechet_distance(x, y) == pytest.approx(expected, rel=0.03)
+    assert frechet_distance(x, y) == pytest.approx(frechet_distance(y, x), rel=1e-6)
+    assert abs(frechet_distance(x, x)) < 1e-6
+
+
+def test_frechet_distance_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        frechet_distance(torch.zeros(10, 3), torch.zeros(10, 4))
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        frechet_distance(torch.zeros(10), torch.zeros(10))
+
+
+def test_reference_split_is_disjoint_and_balanced():
+    train_idx, held_out = reference_split()
+    assert len(train_idx) == 8000 and len(held_out) == 1000
+    assert not set(train_idx.tolist()) & set(held_out.tolist())
+    _, labels = load_mini_mnist("train")
+    counts = torch.bincount(labels[held_out], minlength=10)
+    assert counts.min() > 70  # every class, as the digits are sorted by class
+
+
+def test_shipped_classifier_is_accurate():
+    assert CLASSIFIER_PATH.exists(), "run scripts/train_digit_classifier.py"
+    classifier, info = load_digit_classifier()
+    images, labels = load_mini_mnist("test")
+    accuracy = classifier_accuracy(classifier, images, labels)
+    assert accuracy > 0.97
+    assert accuracy == pytest.approx(float(info["test_accuracy"]), abs=1e-3)
+    with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
+        classifier(torch.zeros(2, 1, 14, 14))
+    with pytest.raises(FileNotFoundError, match="train_digit_classifier"):
+        load_digit_classifier("/nonexistent/classifier.safetensors")
+
+
+def test_noise_scores_much_worse_than_real_digits():
+    classifier, _ = load_digit_classifier()
+    train_images, _ = load_mini_mnist("train")
+    real_as_generated = train_images[reference_split()[1]][::5]  # 200 digits, all classes
+    table = quality_table(real_as_generated, classifier)
+    gen, real, noise = table["generated"], table["real"], table["noise"]
+    assert gen["n"] == real["n"] == noise["n"] == 200
+    assert noise["frechet_distance"] > 5 * real["frechet_distance"]
+    assert noise["frechet_distance"] > 5 * gen["frechet_distance"]
+    assert gen["confidence"] > 0.9 and real["confidence"] > 0.9
+    assert gen["class_entropy_bits"] > 3.2 and noise["class_entropy_bits"] < 2.5
+    assert sum(gen["class_counts"]) == 200 and len(gen["class_counts"]) == 10
+    nn = table["nearest_train_distance"]
+    assert nn["generated"] < 0.05  # these "samples" are training digits (0 but for rounding)
+    assert nn["test"] > 1.0
+
+
+def test_small_images_are_compared_at_their_size():
+    classifier, _ = load_digit_classifier()
+    images, _ = load_mini_mnist("test")
+    small = torch.nn.functional.avg_pool2d(images[::50], 2)  # 20 digits at 14x14
+    table = quality_table(small, classifier)
+    assert table["generated"]["n"] == 20
+    assert table["noise"]["frechet_distance"] > 2 * table["real"]["frechet_distance"]
+
+
+def test_digit_quality_of_a_single_class():
+    classifier, _ = load_digit_classifier()
+    images, labels = load_mini_mnist("test")
+    ones = images[labels == 1]
+    q = digit_quality(ones, classifier, images)
+    assert q["class_counts"][1] > 0.9 * len(ones)
+    assert q["class_entropy_bits"] < 0.7 < math.log2(10)
+
+
+def test_uint8_round_trip():
+    x = torch.linspace(-1, 1, 256)
+    assert to_uint8(x).dtype == torch.uint8 and to_uint8(x).tolist() == list(range(256))
+    torch.testing.assert_close(from_uint8(to_uint8(x)), x, atol=1 / 255, rtol=0)
+    assert to_uint8(torch.tensor([-3.0, 3.0])).tolist() == [0, 255]
+
+
+def test_train_and_save_a_classifier(tmp_path):
+    images, labels = load_mini_mnist("train")
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:2048]
+    torch.manual_seed(0)
+    model = train_digit_classifier(images[idx], labels[idx], epochs=2,
+                                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    test_images, test_labels = load_mini_mnist("test")
+    accuracy = classifier_accuracy(model, test_images, test_labels)
+    assert accuracy > 0.5  # ten classes: chance is 0.1
+    path = save_digit_classifier(model, tmp_path / "c.safetensors", test_accuracy=accuracy)
+    loaded, info = load_digit_classifier(path)
+    assert float(info["test_accuracy"]) == pytest.approx(accuracy)
+    assert classifier_accuracy(loaded, test_images, test_labels) == accuracy
