@@ -5,7 +5,7 @@ __all__ = ['CLASSIFIER_PATH', 'reference_split', 'DigitClassifier', 'train_digit
            'save_digit_classifier', 'load_digit_classifier', 'frechet_distance', 'as_classifier_input', 'digit_quality',
            'quality_table', 'draw_digits', 'to_uint8', 'from_uint8']
 
-# %% ../notebooks/07_training_and_sampling.ipynb #45ad6b33
+# %% ../notebooks/07_training_and_sampling.ipynb #48b12f06
 from importlib import resources
 from pathlib import Path
 
@@ -123,7 +123,7 @@ def load_digit_classifier(path: str | Path | None = None) -> tuple[DigitClassifi
     model.load_state_dict(state)
     return model.eval(), metadata
 
-# %% ../notebooks/07_training_and_sampling.ipynb #25b5e3cb
+# %% ../notebooks/07_training_and_sampling.ipynb #a13663b1
 def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     """The Frechet distance between Gaussians fitted to two sets of feature vectors.
 
@@ -243,7 +243,7 @@ def quality_table(
 def _flat(images: torch.Tensor) -> torch.Tensor:
     return images.detach().float().cpu().clamp(-1, 1).flatten(1)
 
-# %% ../notebooks/07_training_and_sampling.ipynb #bb5963f0
+# %% ../notebooks/07_training_and_sampling.ipynb #423fbde4
 def draw_digits(
     model,
     schedule,

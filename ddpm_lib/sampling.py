@@ -77,7 +77,7 @@ def p_sample(
     not_last = (t > 1).to(mean.dtype).reshape(-1, *([1] * (xt.dim() - 1)))  # z = 0 at t = 1
     return mean + not_last * var.sqrt() * z
 
-# %% ../notebooks/07_training_and_sampling.ipynb #862d5a0b
+# %% ../notebooks/07_training_and_sampling.ipynb #1fda4293
 class _EpsRecorder:
     """Calls the model and keeps its output, so that x0_pred costs no second evaluation."""
 

@@ -8,7 +8,7 @@ __all__ = ['PRECISIONS', 'PRESETS', 'CHECKPOINT_FORMAT', 'WEIGHTS_FILE', 'CONFIG
            'save_checkpoint', 'load_checkpoint', 'save_image_grid', 'fit_images', 'History', 'train', 'pretrained_path',
            'load_pretrained', 'export_checkpoint']
 
-# %% ../notebooks/07_training_and_sampling.ipynb #85fe3f00
+# %% ../notebooks/07_training_and_sampling.ipynb #f3e5db67
 import copy
 import json
 import shutil
@@ -111,7 +111,7 @@ def preset(name: str) -> tuple[UNetConfig, TrainConfig]:
         raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
     return getattr(UNetConfig, name)(), getattr(TrainConfig, name)()
 
-# %% ../notebooks/07_training_and_sampling.ipynb #7db5627c
+# %% ../notebooks/07_training_and_sampling.ipynb #c2e8c9a7
 def learning_rate(step: int, config: TrainConfig) -> float:
     """The learning rate of gradient step `step` (1, 2, ...): a linear warm-up, then constant.
 
@@ -205,7 +205,7 @@ def train_step(
         optimizer.step()
     return loss.detach()
 
-# %% ../notebooks/07_training_and_sampling.ipynb #5854c8ae
+# %% ../notebooks/07_training_and_sampling.ipynb #5221f4c5
 CHECKPOINT_FORMAT = "ddpm_lib.checkpoint.v1"
 WEIGHTS_FILE, CONFIG_FILE, STATE_FILE = (
     "model.safetensors",
@@ -395,7 +395,7 @@ def _restore_training(path, model, schedule, ema, optimizer, generator, scaler) 
         scaler.load_state_dict(config["resume"]["scaler"])
     return int(config["step"])
 
-# %% ../notebooks/07_training_and_sampling.ipynb #d1e8df80
+# %% ../notebooks/07_training_and_sampling.ipynb #a2b72b84
 def save_image_grid(images: torch.Tensor, path: str | Path, ncols: int = 8, scale: int = 2):
     """Save images (N, C, H, W) in [-1, 1] as one PNG grid, `ncols` per row, pixels scaled up."""
     from PIL import Image
@@ -426,7 +426,7 @@ def fit_images(images: torch.Tensor, image_size: int) -> torch.Tensor:
     mode = "area" if image_size < images.shape[-1] else "bilinear"
     return F.interpolate(images, size=(image_size, image_size), mode=mode).clamp(-1, 1)
 
-# %% ../notebooks/07_training_and_sampling.ipynb #82e3e449
+# %% ../notebooks/07_training_and_sampling.ipynb #f55f84ad
 def _check_data(data: torch.Tensor, config: UNetConfig) -> None:
     if data.dim() != 4 or data.shape[1] != config.in_channels:
         raise ValueError(
@@ -591,7 +591,7 @@ def _log_record(step, loss_sum, n, lr, config, start, last_time, paused, out_dir
             f.write(json.dumps(record) + "\n")
     return record
 
-# %% ../notebooks/07_training_and_sampling.ipynb #a9e4f1a5
+# %% ../notebooks/07_training_and_sampling.ipynb #4278f0d5
 PRETRAINED = {"mnist": "the `mnist` preset trained with scripts/train.py (see chapter 07)"}
 
 

@@ -154,6 +154,8 @@ def export(args, history, summary, device, config, started) -> None:
     """Write the float16 checkpoint to share, its log, a sample grid and (optionally) scores."""
     dest = export_checkpoint(args.out / "checkpoint", args.export, torch.float16, extra=summary)
     shutil.copy(args.out / "log.jsonl", dest / "log.jsonl")
+    summary["train_config"] = asdict(config)
+    (dest / "run.json").write_text(json.dumps(summary, indent=1) + "\n")  # again at the end
     model, schedule, _ = load_checkpoint(dest, device=device)  # the shipped float16 weights
     amp_dtype = autocast_dtype(config.precision, device)
     n = config.num_sample_images or 64
@@ -183,7 +185,6 @@ def export(args, history, summary, device, config, started) -> None:
         (dest / "quality.json").write_text(json.dumps(quality, indent=1) + "\n")
         print(json.dumps({k: quality[k] for k in ("generated", "real", "noise")}, indent=1))
     summary["total_wall_time_s"] = round(time.perf_counter() - started, 1)
-    summary["train_config"] = asdict(config)
     (dest / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
