@@ -75,7 +75,7 @@ class TrainConfig:
 
     @classmethod
     def mnist(cls) -> "TrainConfig":
-        """20k steps: minutes on a data-centre GPU, under half an hour on a Colab T4."""
+        """20k steps, meant for minutes on a data-centre GPU, half an hour on a Colab T4."""
         return cls(
             num_steps=20_000,
             warmup_steps=1000,
