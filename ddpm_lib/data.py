@@ -84,7 +84,8 @@ def load_images(
         root = Path(root or os.environ.get("DDPM_DATA") or Path.home() / ".cache/ddpm_lib/data")
         try:
             images, labels = _load_torchvision(name, split, root, download)
-        except (RuntimeError, OSError) as err:  # no network, or not downloaded and download=False
+        # No network, not downloaded with download=False, or no torchvision installed.
+        except (RuntimeError, OSError, ImportError) as err:
             warnings.warn(
                 f"could not load {name!r} ({type(err).__name__}: {err}); "
                 "falling back to the bundled 'mini_mnist' digits",

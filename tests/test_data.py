@@ -64,3 +64,19 @@ def test_torchvision_path_reads_what_torchvision_gives(monkeypatch, tmp_path):
     images, labels = load_images("cifar10", root=tmp_path, return_labels=True)
     assert images.shape == (3, 3, 32, 32) and images.eq(1).all()
     assert labels.tolist() == [0, 1, 2]
+
+
+def test_missing_torchvision_falls_back_to_mini_mnist(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torchvision(name, *args, **kwargs):
+        if name.startswith("torchvision"):
+            raise ModuleNotFoundError("No module named 'torchvision'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchvision)
+    with pytest.warns(UserWarning, match="ModuleNotFoundError.*falling back"):
+        images = load_images("mnist")
+    assert images.shape == (9000, 1, 28, 28)
