@@ -45,7 +45,7 @@ test: $(STAMP)
 	$(BIN)/ruff check ddpm_lib notebooks tests scripts
 	$(BIN)/python scripts/build_book.py
 	# Two test processes on two cores: one thread each (tiny models are far slower with more).
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile --nbval-lax tests notebooks
 
 # Library unit tests only: seconds, for the edit-test loop.
 test-fast: $(STAMP)
