@@ -52,6 +52,9 @@ class TrainConfig:
     ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) after n updates
     random_flip: bool = False  # left-right flips (the paper flips CIFAR-10; never flip digits)
     precision: str = "fp32"  # "bf16" or "fp16": autocast on CUDA; a CPU always runs fp32
+    channels_last: bool = False  # fast path (chapter 20): channels-last weights and inputs
+    compile: bool = False  # fast path: torch.compile the network (the first step compiles)
+    fused_adam: bool = False  # fast path: AdamW's whole update in one fused kernel
     seed: int = 0  # seeds the batches, t and eps (init and dropout use the global RNG)
     log_every: int = 100  # steps between log records
     checkpoint_every: int = 5000  # steps between checkpoints (0: only at the end)
@@ -166,6 +169,8 @@ def train_step(
     generator: torch.Generator | None = None,
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    t: torch.Tensor | None = None,
+    eps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One gradient step of Algorithm 1 on the batch x0: draw t and eps, descend on L_simple.
 
@@ -181,6 +186,8 @@ def train_step(
         generator: draws t and eps (on x0's device).
         amp_dtype: run the model under autocast in this dtype (None: float32).
         scaler: a GradScaler, needed for float16 autocast.
+        t, eps: (B,) timesteps and (B, C, H, W) noise to use instead of drawing them (`train`
+            draws them for the whole batch when it runs on several processes).
 
     Returns:
         the loss, a detached scalar tensor (reading it with .item() waits for the GPU).
@@ -189,7 +196,7 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(x0.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        loss = simple_loss(model, schedule, x0, generator=generator)  # Eq. 14, t ~ U{1..T}
+        loss = simple_loss(model, schedule, x0, t, eps, generator)  # Eq. 14, t ~ U{1..T}
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -469,6 +476,9 @@ def train(
     Each step draws a batch of images uniformly (with replacement), t uniform on 1..T and the
     noise eps, and takes one AdamW step on L_simple; an EMA of the weights is kept for sampling.
     Training stops after config.num_steps steps in all, or when config.max_minutes is spent.
+    Under torchrun (several processes, see chapter 20) each process takes its share of every
+    batch of config.batch_size images, DistributedDataParallel averages the gradients, and only
+    process 0 writes into out_dir: the same run as on one process, up to rounding.
 
     Args:
         model: the U-Net, on the device to train on.
@@ -491,9 +501,17 @@ def train(
     data = data.to(device)
     out_dir = Path(out_dir) if out_dir is not None else None
     generator = torch.Generator(device=device).manual_seed(config.seed)
+    from ddpm_lib.fast import current_distributed, per_rank_batch, prepare_model  # chapter 20
+
+    procs = current_distributed()  # process 0 of 1 unless started by torchrun
+    share = per_rank_batch(config.batch_size, procs.world_size)
+    net = model  # what the steps call: the model itself, or the fast path's wrapper of it
+    if config.channels_last or config.compile or procs.world_size > 1:
+        net = prepare_model(model, config.channels_last, config.compile, procs.world_size > 1)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+        fused=config.fused_adam or None,
+    )  # fmt: skip
     ema = EMA(model, config.ema_decay, config.ema_warmup)
     amp_dtype = autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -503,6 +521,7 @@ def train(
             out_dir / "checkpoint", model, schedule, ema, optimizer, generator, scaler
         )
     first_step = step
+    out_dir = out_dir if procs.is_main else None  # every process resumes; only process 0 writes
 
     def save():
         save_checkpoint(
@@ -533,13 +552,10 @@ def train(
     records, stopped = [], "num_steps"
     loss_sum, steps_since_log, paused = torch.zeros((), device=device), 0, 0.0
     start = last_time = time.perf_counter()
-    bar = tqdm(total=config.num_steps, initial=step, disable=not progress, desc="training",
-               mininterval=progress_interval())  # fmt: skip
+    bar = tqdm(total=config.num_steps, initial=step, disable=not (progress and procs.is_main),
+               desc="training", mininterval=progress_interval())  # fmt: skip
     while step < config.num_steps:
-        if (
-            config.max_minutes is not None
-            and time.perf_counter() - start > 60 * config.max_minutes
-        ):
+        if _out_of_time(start, step, config, procs, device):
             stopped = "max_minutes"
             break
         idx = torch.randint(len(data), (config.batch_size,), generator=generator, device=device)
@@ -547,15 +563,23 @@ def train(
         if config.random_flip:
             flip = torch.rand(len(x0), generator=generator, device=device) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+        t = eps = None
+        if procs.world_size > 1:  # every process draws the whole batch, then keeps its share
+            t = torch.randint(1, schedule.num_timesteps + 1, (len(x0),), generator=generator,
+                              device=device)  # fmt: skip
+            eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+            mine = slice(procs.rank * share, (procs.rank + 1) * share)
+            x0, t, eps = x0[mine], t[mine], eps[mine]
         step += 1
         lr = learning_rate(step, config)
-        loss = train_step(model, schedule, x0, optimizer, lr, config.grad_clip, generator,
-                          amp_dtype, scaler)  # fmt: skip
+        loss = train_step(net, schedule, x0, optimizer, lr, config.grad_clip, generator,
+                          amp_dtype, scaler, t, eps)  # fmt: skip
         ema.update(model)
         loss_sum += loss
         steps_since_log += 1
         bar.update(1)
         if step % config.log_every == 0 or step == config.num_steps:
+            _average_over_processes(loss_sum, procs)
             records.append(_log_record(step, loss_sum, steps_since_log, lr, config, start,
                                        last_time, paused, out_dir))  # fmt: skip
             bar.set_postfix(loss=f"{records[-1]['loss']:.4f}")
@@ -567,6 +591,7 @@ def train(
             paused += timed(sample_grid)
     bar.close()
     if steps_since_log:
+        _average_over_processes(loss_sum, procs)
         records.append(_log_record(step, loss_sum, steps_since_log, lr, config, start,
                                    last_time, paused, out_dir))  # fmt: skip
     if out_dir is not None and step > first_step:
@@ -575,6 +600,28 @@ def train(
         if not (config.sample_every and step % config.sample_every == 0):
             sample_grid()
     return History(records=records, ema=ema, step=step, stopped=stopped)
+
+
+def _out_of_time(start: float, step: int, config: TrainConfig, procs, device) -> bool:
+    """Is config.max_minutes spent? Several processes must agree: process 0's clock decides,
+    at log steps only (asking is a collective operation, and reading its answer waits)."""
+    if config.max_minutes is None:
+        return False
+    spent = time.perf_counter() - start > 60 * config.max_minutes
+    if procs.world_size == 1:
+        return spent
+    if step % config.log_every:
+        return False
+    flag = torch.tensor([float(spent)], device=device)
+    torch.distributed.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _average_over_processes(loss_sum: torch.Tensor, procs) -> None:
+    """Replace each process's summed losses by their mean over the processes (in place)."""
+    if procs.world_size > 1:
+        torch.distributed.all_reduce(loss_sum)  # sums the processes' shares
+        loss_sum /= procs.world_size
 
 
 def _log_record(step, loss_sum, n, lr, config, start, last_time, paused, out_dir) -> dict:

@@ -2,6 +2,12 @@
 
     python scripts/train.py --preset mnist --data mnist --out runs/mnist --max-minutes 30
     python scripts/train.py --preset toy --data mini_mnist --out runs/toy --steps 50
+    torchrun --nproc_per_node 4 scripts/train.py --preset ddpm_cifar10 --out runs/cifar10
+
+Under torchrun, each of the processes (one per GPU) trains on its share of every batch of
+--batch-size images (the global batch, whatever the number of processes) with
+DistributedDataParallel, and only process 0 prints and writes files (chapter 20). The fast path's
+switches (--channels-last, --compile, --fused-adam) are off by default.
 
 Writes into --out: log.jsonl (one JSON record per log line: step, loss, lr, images/s),
 checkpoint/ (EMA weights + config + training state; the run resumes from it when the command is
@@ -29,6 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ddpm_lib.data import DATASETS, load_images  # noqa: E402
+from ddpm_lib.fast import init_distributed  # noqa: E402
 from ddpm_lib.schedules import NoiseSchedule, linear_betas  # noqa: E402
 from ddpm_lib.training import (  # noqa: E402
     PRECISIONS,
@@ -62,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="auto",
         help="auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on a CPU",
     )
+    p.add_argument("--channels-last", action="store_true", help="fast path: channels-last")
+    p.add_argument("--compile", action="store_true", help="fast path: torch.compile the U-Net")
+    p.add_argument("--fused-adam", action="store_true", help="fast path: fused AdamW")
     p.add_argument("--log-every", type=int)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--sample-every", type=int)
@@ -94,8 +104,12 @@ def hardware(device: torch.device) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
+    procs = init_distributed()  # process 0 of 1 unless started by torchrun
+    say = print if procs.is_main else (lambda *a, **k: None)  # only process 0 prints
     seed_everything(args.seed)  # the weights' initialisation
     device = torch.device(args.device) if args.device else get_device()
+    if device.type == "cuda" and procs.world_size > 1:
+        device = torch.device("cuda", procs.local_rank)  # one GPU per process
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -106,10 +120,16 @@ def main(argv=None) -> int:
         "sample_every": args.sample_every, "num_sample_images": args.sample_images,
     }  # fmt: skip
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    config = replace(config, seed=args.seed, precision=pick_precision(args.precision, device))
+    config = replace(config, seed=args.seed, precision=pick_precision(args.precision, device),
+                     channels_last=args.channels_last, compile=args.compile,
+                     fused_adam=args.fused_adam)  # fmt: skip
     data_name = args.data or DEFAULT_DATA[args.preset]
 
+    if procs.world_size > 1 and not procs.is_main:
+        torch.distributed.barrier()  # let process 0 download the data set first
     images = load_images(data_name, "train")
+    if procs.world_size > 1 and procs.is_main:
+        torch.distributed.barrier()
     if images.shape[1] != unet_config.in_channels:
         sys.exit(f"{data_name} has {images.shape[1]} channel(s); the {args.preset} preset takes "
                  f"{unet_config.in_channels}")  # fmt: skip
@@ -117,9 +137,10 @@ def main(argv=None) -> int:
     schedule = NoiseSchedule.from_betas(linear_betas(unet_config.num_timesteps))
     model = UNet(unet_config).to(device)
     budget = f" or {config.max_minutes} min" if config.max_minutes else ""
-    print(
+    processes = f" x {procs.world_size} processes" if procs.world_size > 1 else ""
+    say(
         f"preset {args.preset}: {count_parameters(model):,d} parameters; data {data_name} "
-        f"{tuple(data.shape)}; {device} ({hardware(device)}), {config.precision}; "
+        f"{tuple(data.shape)}; {device} ({hardware(device)}){processes}, {config.precision}; "
         f"up to {config.num_steps} steps{budget}",
         flush=True,
     )
@@ -137,16 +158,18 @@ def main(argv=None) -> int:
         "train_wall_time_s": round(train_seconds, 1),
         "images_per_s_median": round(float(np.median(rates)), 1),
         "final_loss": history.records[-1]["loss"] if history.records else None,
-        "hardware": hardware(device),
+        "hardware": hardware(device) + (f" x {procs.world_size}" if procs.world_size > 1 else ""),
         "precision": config.precision,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    print(json.dumps(summary, indent=1), flush=True)
+    say(json.dumps(summary, indent=1), flush=True)
 
-    if args.export is not None:
+    if args.export is not None and procs.is_main:
         export(args, history, summary, device, config, started)
-    print(f"done in {time.perf_counter() - started:.0f} s", flush=True)
+    say(f"done in {time.perf_counter() - started:.0f} s", flush=True)
+    if procs.world_size > 1:
+        torch.distributed.destroy_process_group()
     return 0
 
 
