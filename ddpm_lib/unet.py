@@ -88,7 +88,8 @@ class Attention(nn.Module):
         """x (B, C, H, W) -> (B, C, H, W)."""
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x)).reshape(B, 3, 1, C, H * W)  # (B, 3, heads=1, C, HW)
-        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # each (B, 1, HW, C)
+        # contiguous: the fused attention kernels on a GPU need the last dimension contiguous.
+        q, k, v = qkv.transpose(-1, -2).contiguous().unbind(dim=1)  # each (B, 1, HW, C)
         h = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C), scaled by 1/sqrt(C)
         h = h.transpose(-1, -2).reshape(B, C, H, W)
         return x + self.proj(h)
