@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .forward import draw_noise, q_sample
 from .posterior import q_posterior_mean_variance
-from .sampling import p_mean_variance
+from .sampling import p_mean_variance, predict_eps
 from .schedules import NoiseSchedule
 from .utils import check_timesteps
 
@@ -108,11 +108,5 @@ def simple_loss(
     t = check_timesteps(t, schedule.num_timesteps, x0)  # (B,)
     eps = draw_noise(x0, eps, generator)  # (B, ...)
     xt = q_sample(schedule, x0, t, eps)  # Eq. 4
-    eps_pred = model(xt, t)
-    if not torch.is_tensor(eps_pred) or eps_pred.shape != xt.shape:
-        got = tuple(eps_pred.shape) if torch.is_tensor(eps_pred) else type(eps_pred).__name__
-        raise ValueError(
-            f"model(xt, t) must return the predicted noise, of xt's shape {tuple(xt.shape)}; "
-            f"got {got}"
-        )
+    eps_pred = predict_eps(model, xt, t)
     return F.mse_loss(eps_pred, eps)  # Eq. 14, averaged over coordinates
