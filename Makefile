@@ -26,6 +26,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 export: $(STAMP)
+	$(BIN)/python scripts/sync_repo_url.py
 	$(BIN)/python scripts/clean_notebooks.py
 	$(BIN)/python scripts/export_library.py
 

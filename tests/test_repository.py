@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import clean_notebooks  # noqa: E402
 import export_library  # noqa: E402
+import sync_repo_url  # noqa: E402
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
@@ -66,6 +67,20 @@ def test_repository_url_is_set_in_one_place():
     assert re.search(r'^REPO_URL = "(.*)"$', setup, re.M).group(1) == url
     config = (ROOT / "_config.yml").read_text()
     assert re.search(r"^\s+url:\s*(\S+)", config, re.M).group(1) == url
+    for path, text in sync_repo_url.synced_copies(ROOT).items():
+        assert path.read_text(encoding="utf-8") == text, f"{path.name}: run make export"
+
+
+def test_changing_the_url_in_pyproject_rewrites_every_copy(tmp_path):
+    for name in ["pyproject.toml", "_config.yml"]:
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace(repo_url(), "https://example.org/fork"))
+    copies = sync_repo_url.synced_copies(tmp_path)
+    assert len(copies) == len(NOTEBOOKS) + 1
+    for path, text in copies.items():
+        assert "https://example.org/fork" in text and repo_url() not in text, path.name
 
 
 def test_ruff_finds_no_undefined_name_or_star_import():
