@@ -12,12 +12,14 @@ Steps:
    (--keep-going). DDPM_SIZE=toy, and MPLBACKEND is removed so that figures reach the pages.
 4. Fail if any notebook's execution failed (a warning, so -W fails the build too): myst-nb writes
    each one's traceback into _build/html/reports/, which this prints.
+5. Fail if any notebook took longer than NOTEBOOK_BUDGET_S (60 s) to execute at toy size.
 
 Prints the path of the built index.html and the time the build took.
 """
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,9 +31,22 @@ HTML = ROOT / "_build" / "html"
 BIN = Path(sys.executable).parent
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None) -> int:
+NOTEBOOK_BUDGET_S = 60  # each chapter at toy size, on a 2-core CPU
+EXECUTED = re.compile(r"(\S+\.ipynb): Executed notebook in ([0-9.]+) seconds")
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, dict[str, float]]:
+    """Run `cmd`, echoing its output; also return the notebook execution times it reports."""
     print("build_book:", " ".join(str(c) for c in cmd), flush=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    times = {}
+    with subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            if m := EXECUTED.search(line):
+                times[Path(m.group(1)).name] = float(m.group(2))
+    return proc.returncode, times
 
 
 def execution_failures() -> list[Path]:
@@ -53,9 +68,9 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     python = sys.executable
-    if not args.no_toc_check and run([python, "scripts/check_toc.py"]) != 0:
+    if not args.no_toc_check and run([python, "scripts/check_toc.py"])[0] != 0:
         sys.exit("build_book: _toc.yml is incomplete (see above)")
-    if run([python, "scripts/vendor_js.py"]) != 0:
+    if run([python, "scripts/vendor_js.py"])[0] != 0:
         sys.exit("build_book: vendoring the JavaScript failed (see above)")
 
     env = dict(os.environ)
@@ -67,8 +82,11 @@ def main() -> None:
     # A fresh output folder: no stale page or error report from an earlier build survives.
     shutil.rmtree(HTML, ignore_errors=True)
     cmd = [str(jupyter_book), "build", ".", "--all", "-W", "-n", "--keep-going"]
-    code = run(cmd, env=env)
+    code, times = run(cmd, env=env)
     failures = execution_failures() if HTML.exists() else []
+    for name, seconds in sorted(times.items()):
+        print(f"build_book: {name} executed in {seconds:.1f} s")
+    too_slow = {name: s for name, s in times.items() if s > NOTEBOOK_BUDGET_S}
     minutes, seconds = divmod(time.perf_counter() - start, 60)
     print(f"build_book: took {int(minutes)} min {seconds:.0f} s", flush=True)
     for log in failures:
@@ -78,6 +96,10 @@ def main() -> None:
         )
     if code != 0 or failures:
         sys.exit(f"build_book: FAILED (jupyter-book exit code {code})")
+    if not times:  # the budget check must not pass just because the log line changed
+        sys.exit("build_book: FAILED: the build reported no notebook execution times")
+    if too_slow:
+        sys.exit(f"build_book: FAILED: over the {NOTEBOOK_BUDGET_S} s toy-size budget: {too_slow}")
     print(f"build_book: the book is at {HTML / 'index.html'}")
 
 
