@@ -36,6 +36,8 @@ def load_mini_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     Returns:
         images (N, 1, 28, 28) float32 in [-1, 1], labels (N,) int64.
     """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     with np.load(MINI_MNIST_PATH) as arrays:
         images, labels = arrays["images"], arrays["labels"]
     is_test = np.arange(len(images)) % 10 == 9

@@ -29,7 +29,9 @@ def linear_betas(
     return torch.linspace(beta_1, beta_T, num_timesteps, dtype=torch.float64)
 
 
-def cosine_betas(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999):
+def cosine_betas(
+    num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999
+) -> torch.Tensor:
     """The cosine schedule of Nichol & Dhariwal (2021), defined through alpha-bar.
 
     alpha_bar_t = f(t) / f(0),  f(t) = cos^2((t/T + s) / (1 + s) * pi/2),

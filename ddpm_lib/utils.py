@@ -81,12 +81,12 @@ def check_timesteps(t: torch.Tensor | int, num_timesteps: int, x: torch.Tensor) 
     Returns:
         (B,) int64 tensor on x's device.
     """
-    if isinstance(t, int) or (torch.is_tensor(t) and t.dim() == 0):
-        t = torch.full((x.shape[0],), int(t), dtype=torch.int64, device=x.device)
-    if not torch.is_tensor(t):
+    if isinstance(t, bool) or not isinstance(t, int | torch.Tensor):
         raise TypeError(f"t must be an int or an integer tensor, got {type(t).__name__}")
-    if t.dtype not in (torch.int64, torch.int32):
+    if torch.is_tensor(t) and t.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"t must be an integer tensor, got {t.dtype}")
+    if isinstance(t, int) or t.dim() == 0:
+        t = torch.full((x.shape[0],), int(t), dtype=torch.int64, device=x.device)
     if t.shape != (x.shape[0],):
         raise ValueError(f"t must have shape ({x.shape[0]},), one per image, got {tuple(t.shape)}")
     if t.device != x.device:

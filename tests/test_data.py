@@ -80,3 +80,8 @@ def test_missing_torchvision_falls_back_to_mini_mnist(monkeypatch):
     with pytest.warns(UserWarning, match="ModuleNotFoundError.*falling back"):
         images = load_images("mnist")
     assert images.shape == (9000, 1, 28, 28)
+
+
+def test_load_mini_mnist_refuses_an_unknown_split():
+    with pytest.raises(ValueError, match="unknown split 'validation'"):
+        data.load_mini_mnist("validation")

@@ -101,3 +101,11 @@ def test_size_profile(monkeypatch):
         size_profile()
     monkeypatch.delenv("DDPM_SIZE")
     assert size_profile() == ("full" if torch.cuda.is_available() else "toy")
+
+
+def test_check_timesteps_refuses_float_and_bool_scalars():
+    x = torch.zeros(2, 1)
+    with pytest.raises(TypeError, match="integer tensor"):
+        check_timesteps(torch.tensor(2.7), 10, x)  # not silently truncated to 2
+    with pytest.raises(TypeError, match="int or an integer tensor"):
+        check_timesteps(True, 10, x)
