@@ -55,6 +55,7 @@ class TrainConfig:
     channels_last: bool = False  # fast path (chapter 20): channels-last weights and inputs
     compile: bool = False  # fast path: torch.compile the network (the first step compiles)
     fused_adam: bool = False  # fast path: AdamW's whole update in one fused kernel
+    cuda_graphs: bool = False  # fast path, with compile: replay the network as CUDA graphs
     seed: int = 0  # seeds the batches, t and eps (init and dropout use the global RNG)
     log_every: int = 100  # steps between log records
     checkpoint_every: int = 5000  # steps between checkpoints (0: only at the end)
@@ -70,6 +71,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.cuda_graphs and not self.compile:
+            raise ValueError("cuda_graphs=True replays the compiled network: set compile=True")
 
     @classmethod
     def ddpm_cifar10(cls) -> "TrainConfig":
@@ -508,7 +511,8 @@ def train(
     share = per_rank_batch(config.batch_size, procs.world_size)
     net = model  # what the steps call: the model itself, or the fast path's wrapper of it
     if config.channels_last or config.compile or procs.world_size > 1:
-        net = prepare_model(model, config.channels_last, config.compile, procs.world_size > 1)
+        net = prepare_model(model, config.channels_last, config.compile, procs.world_size > 1,
+                            cuda_graphs=config.cuda_graphs)  # fmt: skip
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
         fused=config.fused_adam or None,

@@ -80,13 +80,21 @@ def test_kernel_kinds(name, kind):
 def test_summary_compares_with_the_best_diffusers_row():
     results = {
         "train": [
-            {"id": "ours-fast", "model": "ours", "status": "ok", "images_per_s": 1300.0},
-            {"id": "diffusers-bf16", "model": "diffusers", "status": "ok", "images_per_s": 500},
+            {"id": "ours-fast", "model": "ours", "status": "ok", "images_per_s": 1200.0},
+            {"id": "ours-fast-graphs", "model": "ours", "status": "ok", "images_per_s": 1300.0},
+            {
+                "id": "diffusers-bf16",
+                "model": "diffusers",
+                "status": "ok",
+                "images_per_s": 500,
+                "switches": {"compile": False},
+            },
             {
                 "id": "diffusers-bf16-compile",
                 "model": "diffusers",
                 "status": "ok",
                 "images_per_s": 1000.0,
+                "switches": {"compile": True},
             },
             {"id": "diffusers-fast", "model": "diffusers", "status": "error"},
         ],  # fmt: skip
@@ -98,13 +106,20 @@ def test_summary_compares_with_the_best_diffusers_row():
     }
     summary = bench.summarize(results)
     assert summary["train_fast_vs_best_diffusers"] == {
-        "ratio": 1.3, "ours": "ours-fast", "diffusers_best": "diffusers-bf16-compile",
-        "target": 1.3, "met": True,
+        "ratio": 1.3, "ours": "ours-fast-graphs", "diffusers_best": "diffusers-bf16-compile",
+        "target": 1.3, "met": True, "diffusers_compiled": True,
     }  # fmt: skip
     assert summary["sample_fast_vs_eager_fp32"] == {
         "ratio": 2.5, "fastest": "fast", "target": 3.0, "met": False,
     }  # fmt: skip
     assert bench.summarize({"train": [], "sample": []}) == {}
+    # Without diffusers' compiled row the target is not decided, however large the ratio.
+    results["train"] = [r for r in results["train"] if r["id"] != "diffusers-bf16-compile"]
+    summary = bench.summarize(results)["train_fast_vs_best_diffusers"]
+    assert summary["ratio"] == 2.6 and not summary["met"] and not summary["diffusers_compiled"]
+    meta = {"torch": "2", "date": "today", "size": "full", "command": "bench", "device": "cuda"}
+    table = bench.fast.bench_table({"meta": meta, "summary": {"t": summary}})
+    assert "t: 2.60x (target 1.3x: not decided" in table
 
 
 def test_the_diffusers_network_is_the_papers():
@@ -149,7 +164,8 @@ def test_tiny_run_on_cpu(tmp_path):
         assert row["status"] == "ok", row
         assert row["ms_per_step"] > 0 and row["images_per_s"] > 0 and row["loss_finite"]
         assert row["flops_per_step"] > 0 and row["tflops"] > 0 and row["frac_bf16_peak"] > 0
-    for vid in ("ours-fast", "diffusers-bf16-compile", "ours-bf16-compile", "diffusers-fast"):
+    compiled = ["ours-fast", "ours-fast-graphs", "diffusers-bf16-compile", "ours-bf16-compile"]
+    for vid in compiled + ["diffusers-fast", "diffusers-graphs"]:
         assert train[vid]["status"] == "skipped" and "torch.compile" in train[vid]["reason"]
     sample = {r["id"]: r for r in results["sample"]}
     assert sample["eager-fp32"]["status"] == "ok" and sample["eager-fp32"]["ms_per_step"] > 0

@@ -30,7 +30,7 @@ from ddpm_lib.fast import (
 )
 from ddpm_lib.sampling import VARIANCES, p_sample, sample
 from ddpm_lib.schedules import NoiseSchedule, linear_betas
-from ddpm_lib.training import train_step
+from ddpm_lib.training import TrainConfig, train_step
 from ddpm_lib.unet import UNet, UNetConfig
 
 SCHEDULE = NoiseSchedule.from_betas(linear_betas(1000))
@@ -99,6 +99,21 @@ def test_prepare_model_compile_wraps_without_compiling_yet():
     model = random_unet(tiny())
     net = prepare_model(model, compile=True)
     assert net._orig_mod.model is model  # torch.compile's wrapper; compiles on the first call
+
+
+def test_prepare_model_cuda_graphs_asks_compile_for_them(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: calls.append(kw) or net)
+    prepare_model(random_unet(tiny()), compile=True)
+    prepare_model(random_unet(tiny()), compile=True, cuda_graphs=True)
+    assert calls == [{"dynamic": False, "mode": None},
+                     {"dynamic": False, "mode": "reduce-overhead"}]  # fmt: skip
+    with pytest.raises(ValueError, match="needs compile=True"):
+        prepare_model(random_unet(tiny()), cuda_graphs=True)
+    with pytest.raises(ValueError, match="DistributedDataParallel"):
+        prepare_model(random_unet(tiny()), compile=True, ddp=True, cuda_graphs=True)
+    with pytest.raises(ValueError, match="set compile=True"):
+        TrainConfig(cuda_graphs=True)
 
 
 def test_fastnet_calls_other_models_as_they_are():
