@@ -267,7 +267,14 @@ def git_commit() -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
         )
         commit = out.stdout.strip()
-        return commit if out.returncode == 0 and len(commit) == 40 else None
+        if out.returncode != 0 or len(commit) != 40:
+            return None
+        # A copied tree (a GPU machine's, say) can hold another version than its HEAD: say so.
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        return commit + (" + uncommitted changes" if status.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
 
