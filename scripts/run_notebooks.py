@@ -76,7 +76,12 @@ def assigned_names(source: str) -> set[str]:
     """The names that a cell's code assigns at top level."""
     names = set()
     for node in ast.parse(source).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+            targets = [node.target]
+        else:
+            continue
         names |= {t.id for t in targets if isinstance(t, ast.Name)}
     return names
 

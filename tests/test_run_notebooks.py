@@ -1,0 +1,75 @@
+"""scripts/run_notebooks.py: parameters injected after the tagged cell, timings, failures."""
+
+import json
+
+import nbformat
+import pytest
+from conftest import ROOT, load_script
+
+runner = load_script("run_notebooks")
+
+
+def notebook(*cells, tags=None):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    for index, cell_tags in (tags or {}).items():
+        nb.cells[index].metadata["tags"] = cell_tags
+    return nb
+
+
+def test_parameters_are_injected_after_the_tagged_cell_only_if_it_assigns_them():
+    nb = notebook("x = 1", "minutes = 30\nsteps: int = 5", "y = minutes", tags={1: ["parameters"]})
+    used = runner.inject_parameters(nb, {"minutes": 0.5, "steps": 2, "other": 1})
+    assert used == {"minutes": 0.5, "steps": 2}
+    assert [c.source for c in nb.cells][1:3] == [
+        "minutes = 30\nsteps: int = 5",
+        "# Injected by scripts/run_notebooks.py\nminutes = 0.5\nsteps = 2",
+    ]
+    untagged = notebook("minutes = 30")
+    assert runner.inject_parameters(untagged, {"minutes": 1}) == {}
+    assert len(untagged.cells) == 1
+
+
+def test_params_are_python_literals():
+    assert runner.parse_params(["a=1.5", "b='x'", "c=True"]) == {"a": 1.5, "b": "x", "c": True}
+    for bad in ["a", "1a=2", "a=open('f')"]:
+        with pytest.raises(SystemExit):
+            runner.parse_params([bad])
+
+
+def test_the_toc_lists_every_chapter_in_order():
+    names = [path.stem for path in runner.toc_notebooks()]
+    assert names[0] == "00_setup" and "20_performance" in names
+    assert names == sorted(names)
+    assert {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")} == set(names)
+
+
+@pytest.mark.slow
+def test_a_run_records_times_failures_and_budget(tmp_path):
+    """Three small notebooks in fresh kernels: one passes with a parameter, one fails."""
+    checks = "import os\nassert minutes == 0.5, minutes\nassert os.environ['DDPM_SIZE'] == 'toy'"
+    good = notebook("minutes = 30", checks, tags={0: ["parameters"]})
+    bad = notebook("x = 1", "raise ValueError('planted failure')", "never = True")
+    for name, nb in [("a_good", good), ("b_bad", bad), ("c_late", notebook("pass"))]:
+        nbformat.write(nb, tmp_path / f"{name}.ipynb")
+    out = tmp_path / "out"
+    paths = [str(tmp_path / f"{n}.ipynb") for n in ("a_good", "b_bad")]
+    status = runner.main([*paths, "--param", "minutes=0.5", "--out", str(out), "--size", "toy"])
+    assert status == 1  # a notebook failed
+    results = json.loads((out / "notebook_runs.json").read_text())
+    good_run, bad_run = results["notebooks"]
+    assert good_run["status"] == "ok" and good_run["params"] == {"minutes": 0.5}
+    assert good_run["seconds"] > 0 and good_run["slowest_cells"]
+    assert bad_run["status"] == "error" and bad_run["ename"] == "ValueError"
+    assert "planted failure" in bad_run["evalue"] and bad_run["failed_cell"] == 1
+    assert (out / "executed" / "b_bad.ipynb").exists()
+    assert results["meta"]["size"] == "toy"
+    # A spent budget skips the notebooks still to come, and says so.
+    status = runner.main([str(tmp_path / "c_late.ipynb"), "--budget-s", "1e-9", "--out", str(out)])
+    late = json.loads((out / "notebook_runs.json").read_text())["notebooks"][0]
+    assert status == 0 and late["status"] == "skipped" and "time budget" in late["reason"]
