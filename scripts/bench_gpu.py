@@ -7,7 +7,7 @@ Training: images/s, ms/step and achieved TFLOP/s of one AdamW step (ddpm_lib.tra
 gradient clipping 1.0, batch 128 of 32x32 images) for the paper's CIFAR-10 U-Net
 (UNetConfig.ddpm_cifar10()) and for diffusers' UNet2DModel configured as google/ddpm-cifar10-32
 (the same 35.7M-parameter network), in fp32, bf16 autocast and bf16 autocast + torch.compile, and
-X
+on the library's fast path (ddpm_lib.fast: channels-last, fused AdamW, CUDA graphs, no host
 syncs). FLOPs are counted once per model with torch.utils.flop_counter (forward + backward); the
 fraction of the card's bf16 peak uses a large bf16 matrix product timed in the same run.
 
@@ -22,9 +22,10 @@ layers get random weights so that no product is trivially zero). Each variant is
 own: a failure is recorded in the JSON and the run goes on. A time budget skips the variants
 that would not fit (they are listed as skipped), and a watchdog ends the run if it overruns.
 
-On an H100 the eager variants take under a minute in all and each torch.compile variant 30 to
-65 s (its compilation): about four minutes for every essential variant, so give --budget-s 240
-(the default budget, 150 s, skips the last compiled ones). --only runs chosen variants.
+On the H100s of book/perf the eager variants took under a minute in all; the first call of a
+compiled training variant took 65 to 90 s (its compilation) and of a compiled sampling variant
+about 20 s: every essential variant needs about six minutes, so give --budget-s 360 (the default
+budget, 150 s, skips the last compiled ones). --only runs chosen variants.
 
 Writes DIR/bench_gpu_<card>.json (all results, with the card, torch version, date and command)
 and DIR/bench_gpu_<card>.log (everything the run printed), and prints a table.
