@@ -23,6 +23,23 @@ def load_script(name: str):
     return module
 
 
+def tiny_unet_config(**overrides):
+    """A U-Net config for unit tests: 16x16, 8 channels, two levels, attention at 8x8."""
+    from ddpm_lib.unet import UNetConfig
+
+    fields = dict(
+        image_size=16,
+        in_channels=1,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        dropout=0.0,
+        num_groups=4,
+    )
+    return UNetConfig(**(fields | overrides))
+
+
 def toc_pages() -> list[str]:
     """Every page of _toc.yml, e.g. "book/intro", "notebooks/02_forward_process", in order."""
     check_toc = load_script("check_toc")

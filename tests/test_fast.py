@@ -14,6 +14,7 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_unet_config
 
 from ddpm_lib.fast import (
     FAST_PRECISIONS,
@@ -38,17 +39,7 @@ SHORT = NoiseSchedule.from_betas(linear_betas(100, 1e-3, 0.2))
 
 
 def tiny(**overrides) -> UNetConfig:
-    fields = dict(
-        image_size=16,
-        in_channels=1,
-        base_channels=8,
-        channel_mults=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(8,),
-        dropout=0.0,
-        num_groups=4,
-    )
-    return UNetConfig(**(fields | overrides))
+    return tiny_unet_config(**overrides)
 
 
 def random_unet(config: UNetConfig, seed: int = 0) -> UNet:

@@ -2,24 +2,14 @@
 
 import pytest
 import torch
+from conftest import tiny_unet_config
 
 from ddpm_lib.unet import Attention, ResBlock, UNet, UNetConfig, timestep_embedding
 from ddpm_lib.utils import count_parameters
 
 
 def tiny(**overrides) -> UNetConfig:
-    fields = dict(
-        image_size=16,
-        in_channels=1,
-        base_channels=8,
-        channel_mults=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(8,),
-        dropout=0.0,
-        num_groups=4,
-        num_timesteps=100,
-    )
-    return UNetConfig(**(fields | overrides))
+    return tiny_unet_config(**({"num_timesteps": 100} | overrides))
 
 
 def randomize_zero_layers(model: torch.nn.Module) -> None:
