@@ -248,3 +248,18 @@ def test_static_slider_widget_state_is_stored(book_html):
     # Every slider's view is on the page.
     views = page.find_all("script", type="application/vnd.jupyter.widget-view+json")
     assert len(views) >= len(linked)
+
+
+@pytest.mark.book
+def test_tables_that_cells_display_are_rendered(book_html):
+    """Chapter 20 displays its GPU tables as Markdown: they must become HTML tables, not pipes."""
+    page = soup(html_of(book_html, "notebooks/20_performance"))
+    outputs = page.select("div.cell_output")
+    as_text = [o for o in outputs if re.search(r"^\|.*\|$", o.get_text(), re.MULTILINE)]
+    assert not as_text, "a Markdown table shown as text"
+    if list((ROOT / "book" / "perf").glob("*/bench_gpu_*.json")):
+        headers = [th.get_text(strip=True) for th in page.select("div.cell_output table th")]
+        assert "training" in headers and "sampling" in headers
+    if list((ROOT / "book" / "perf").glob("*/notebook_runs.json")):
+        cells = [td.get_text(strip=True) for td in page.select("div.cell_output table td")]
+        assert "00_setup" in cells
