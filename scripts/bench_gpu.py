@@ -367,6 +367,11 @@ def kernel_breakdown(fn, steps: int, device: torch.device) -> dict:
         for event in prof.events():
             if event.device_type != target or (target == DeviceType.CPU and event.cpu_parent):
                 continue  # on a CPU (tests): top-level operators stand in for kernels
+            if target == DeviceType.CUDA and (
+                getattr(event, "is_user_annotation", False)
+                or fast.is_profiler_annotation(event.name)
+            ):
+                continue  # a marked range (the optimizer's step), not a kernel: no double count
             ms = event.time_range.elapsed_us() / 1e3 / steps
             kinds[kernel_kind(event.name)] += ms
             kernels[event.name][0] += ms
@@ -379,7 +384,10 @@ def kernel_breakdown(fn, steps: int, device: torch.device) -> dict:
             for avg in prof.key_averages():
                 us = getattr(avg, "self_device_time_total", None)
                 us = us if us is not None else getattr(avg, "self_cuda_time_total", 0)
-                if us > 0 and not avg.key.startswith(("aten::", "autograd::", "Optimizer")):
+                skip = avg.key.startswith(("aten::", "autograd::")) or fast.is_profiler_annotation(
+                    avg.key
+                )
+                if us > 0 and not skip:
                     kinds[kernel_kind(avg.key)] += us / 1e3 / steps
                     kernels[avg.key] = [us / 1e3 / steps, avg.count]
         top = sorted(kernels.items(), key=by_time)[:12]

@@ -22,6 +22,8 @@ from ddpm_lib.fast import (
     autocast,
     bench_table,
     count_flops,
+    is_profiler_annotation,
+    kernel_profile,
     make_denoise_step,
     matmul_tflops,
     prepare_model,
@@ -281,6 +283,34 @@ def results(**summary):
         ],  # fmt: skip
         "summary": summary,
     }
+
+
+def test_profiler_annotations_are_not_counted_as_kernels():
+    assert is_profiler_annotation("Optimizer.step#AdamW.step")
+    assert is_profiler_annotation("ProfilerStep#3")
+    assert is_profiler_annotation("## Call CompiledFxGraph fabc ##")
+    for kernel in ["void at::native::vectorized_elementwise_kernel<4, silu_kernel<float>>",
+                   "triton_red_fused_native_group_norm_22", "Memcpy DtoD (Device -> Device)",
+                   "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwc",
+                   "void at::native::elementwise_kernel<128, 4, [lambda()#1]>"]:  # fmt: skip
+        assert not is_profiler_annotation(kernel)
+    # As in the committed runs before the fix: the optimizer's range counted once more.
+    profile = {
+        "kernel_ms_per_step": 31.5, "wall_ms_per_step_profiled": 63.0,
+        "by_kind_ms": {"convolution": 20.0, "optimizer and clipping": 5.5, "other": 6.0},
+        "top_kernels": [["sm90_conv", 20.0, 3.0], ["Optimizer.step#AdamW.step", 4.5, 1.0],
+                        ["multi_tensor_apply_kernel<FusedAdamMathFunctor>", 1.0, 2.0]],
+    }  # fmt: skip
+    fixed = kernel_profile(profile)
+    assert fixed["kernel_ms_per_step"] == 27.0 and fixed["gpu_busy_fraction"] == round(27 / 63, 3)
+    assert fixed["by_kind_ms"] == {
+        "convolution": 20.0,
+        "optimizer and clipping": 1.0,
+        "other": 6.0,
+    }
+    assert [k[0] for k in fixed["top_kernels"]] == ["sm90_conv", profile["top_kernels"][2][0]]
+    assert profile["kernel_ms_per_step"] == 31.5  # the input is left as it was
+    assert kernel_profile(fixed) == fixed  # nothing left to remove
 
 
 def test_bench_table_shows_every_row_and_the_verdicts():
