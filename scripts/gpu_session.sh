@@ -32,17 +32,24 @@ fi
 cat "$OUT/machine.txt"
 
 # Each step has a hard limit 15 s past its own budget, so that the second always runs.
-timeout $((BENCH_S + 15)) $PY scripts/bench_gpu.py --out "$OUT/bench" --budget-s $((BENCH_S - 40)) \
-    --hard-limit-s $((BENCH_S - 10)) $BENCH_ARGS >"$OUT/bench_stdout.log" 2>&1
-echo "bench rc=$?"
-tail -n 40 "$OUT/bench_stdout.log"
+# A budget of 0 skips that step.
+if [ "$BENCH_S" -gt 0 ]; then
+    # shellcheck disable=SC2086
+    timeout $((BENCH_S + 15)) $PY scripts/bench_gpu.py --out "$OUT/bench" \
+        --budget-s $((BENCH_S - 40)) --hard-limit-s $((BENCH_S - 10)) $BENCH_ARGS \
+        >"$OUT/bench_stdout.log" 2>&1
+    echo "bench rc=$?"
+    tail -n 40 "$OUT/bench_stdout.log"
+fi
 
-# shellcheck disable=SC2086
-timeout $((NOTEBOOKS_S + 15)) $PY scripts/run_notebooks.py $NOTEBOOK_ARGS \
-    --budget-s $((NOTEBOOKS_S - 60)) --cell-timeout $((NOTEBOOKS_S - 20)) \
-    --param train_minutes=$TRAIN_MINUTES --out "$OUT/notebooks" >"$OUT/notebooks.log" 2>&1
-echo "notebooks rc=$?"
-tail -n 20 "$OUT/notebooks.log"
+if [ "$NOTEBOOKS_S" -gt 0 ]; then
+    # shellcheck disable=SC2086
+    timeout $((NOTEBOOKS_S + 15)) $PY scripts/run_notebooks.py $NOTEBOOK_ARGS \
+        --budget-s $((NOTEBOOKS_S - 60)) --hard-limit-s $((NOTEBOOKS_S - 10)) \
+        --param train_minutes=$TRAIN_MINUTES --out "$OUT/notebooks" >"$OUT/notebooks.log" 2>&1
+    echo "notebooks rc=$?"
+    tail -n 20 "$OUT/notebooks.log"
+fi
 # The executed notebooks, in one archive (the device tool returns few files).
 if [ -d "$OUT/notebooks/executed" ]; then
     tar -czf "$OUT/executed_notebooks.tar.gz" -C "$OUT/notebooks" executed && \

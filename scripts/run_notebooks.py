@@ -115,12 +115,27 @@ def cell_seconds(cell) -> float | None:
     return (end - start).total_seconds()
 
 
-def run_one(path: Path, params: dict, cell_timeout: int, out_dir: Path | None) -> dict:
-    """Execute one notebook; return its record (status, seconds, slowest cells, error)."""
+def run_one(
+    path: Path,
+    params: dict,
+    cell_timeout: int,
+    out_dir: Path | None,
+    deadline: float | None = None,
+) -> dict:
+    """Execute one notebook; return its record (status, seconds, slowest cells, error).
+
+    No cell runs longer than cell_timeout seconds, nor past `deadline` (time.monotonic()).
+    """
     nb = nbformat.read(path, as_version=4)
     injected = inject_parameters(nb, params)
+
+    def cell_limit(cell) -> int:
+        if deadline is None:
+            return cell_timeout
+        return max(1, min(cell_timeout, int(deadline - time.monotonic())))
+
     client = NotebookClient(
-        nb, timeout=cell_timeout, kernel_name="python3",
+        nb, timeout=cell_timeout, timeout_func=cell_limit, kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
     )  # fmt: skip
     record = {"notebook": path.stem, "params": injected}
@@ -198,6 +213,9 @@ def main(argv=None) -> int:
     p.add_argument("--cell-timeout", type=int, default=600, help="seconds per cell")
     p.add_argument("--budget-s", type=float, default=0,
                    help="start no notebook after this many seconds (0: no limit)")  # fmt: skip
+    p.add_argument("--hard-limit-s", type=float, default=0,
+                   help="stop the cell running at this many seconds from the start, recorded "
+                        "as a timeout (0: no limit)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="folder for the JSON and notebooks")
     args = p.parse_args(argv)
 
@@ -216,7 +234,8 @@ def main(argv=None) -> int:
             record = {"notebook": path.stem, "status": "skipped", "reason": reason}
         else:
             print(f"[{spent:6.1f} s] {path.stem} ...", flush=True)
-            record = run_one(path, params, args.cell_timeout, args.out)
+            deadline = time.monotonic() + args.hard_limit_s - spent if args.hard_limit_s else None
+            record = run_one(path, params, args.cell_timeout, args.out, deadline)
             print(f"[{time.perf_counter() - start:6.1f} s] {path.stem}: {record['status']} "
                   f"in {record['seconds']:.1f} s", flush=True)  # fmt: skip
         results["notebooks"].append(record)

@@ -1,6 +1,7 @@
 """scripts/run_notebooks.py: parameters injected after the tagged cell, timings, failures."""
 
 import json
+import time
 
 import nbformat
 import pytest
@@ -73,3 +74,14 @@ def test_a_run_records_times_failures_and_budget(tmp_path):
     status = runner.main([str(tmp_path / "c_late.ipynb"), "--budget-s", "1e-9", "--out", str(out)])
     late = json.loads((out / "notebook_runs.json").read_text())["notebooks"][0]
     assert status == 0 and late["status"] == "skipped" and "time budget" in late["reason"]
+
+
+@pytest.mark.slow
+def test_the_hard_limit_stops_a_long_cell_and_says_so(tmp_path):
+    nbformat.write(notebook("import time", "time.sleep(60)"), tmp_path / "slow.ipynb")
+    out = tmp_path / "out"
+    start = time.monotonic()
+    status = runner.main([str(tmp_path / "slow.ipynb"), "--hard-limit-s", "4", "--out", str(out)])
+    assert time.monotonic() - start < 30
+    record = json.loads((out / "notebook_runs.json").read_text())["notebooks"][0]
+    assert status == 1 and record["status"] == "timeout", record
