@@ -517,6 +517,8 @@ def train_jobs(run: Run, args, size: dict, device: torch.device) -> list[dict]:
          "its best"),
         (2, "ours-fast-graphs", "ours", "bf16", "fast", True, "graphs", True, True,
          "+ CUDA graphs: TrainConfig(cuda_graphs=True)"),
+        (3, "ours-fast-nchw", "ours", "bf16", "fast", False, True, True, True,
+         "the fast path without channels-last"),
         (4, "ours-bf16-compile", "ours", "bf16", "model", False, True, False, False,
          "torch.compile(model)"),
         (4, "diffusers-fast", "diffusers", "bf16", "fast", True, True, True, False,
@@ -742,8 +744,8 @@ def summarize(results: dict) -> dict:
     sample = {r["id"]: r for r in results["sample"] if r.get("status") == "ok"}
     summary = {}
     diffusers = [r for r in train.values() if r["model"] == "diffusers"]
-    ours_fast = [train[k] for k in ("ours-fast", "ours-fast-graphs", "ours-fast-foreach")
-                 if k in train]  # fmt: skip
+    fast_ids = ("ours-fast", "ours-fast-graphs", "ours-fast-nchw", "ours-fast-foreach")
+    ours_fast = [train[k] for k in fast_ids if k in train]
     if ours_fast and diffusers:
         ours = max(ours_fast, key=lambda r: r["images_per_s"])
         best = max(diffusers, key=lambda r: r["images_per_s"])

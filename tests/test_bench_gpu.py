@@ -165,7 +165,8 @@ def test_tiny_run_on_cpu(tmp_path):
         assert row["status"] == "ok", row
         assert row["ms_per_step"] > 0 and row["images_per_s"] > 0 and row["loss_finite"]
         assert row["flops_per_step"] > 0 and row["tflops"] > 0 and row["frac_bf16_peak"] > 0
-    compiled = ["ours-fast", "ours-fast-graphs", "diffusers-bf16-compile", "ours-bf16-compile"]
+    compiled = ["ours-fast", "ours-fast-graphs", "ours-fast-nchw", "diffusers-bf16-compile"]
+    compiled.append("ours-bf16-compile")
     for vid in compiled + ["diffusers-fast", "diffusers-graphs"]:
         assert train[vid]["status"] == "skipped" and "torch.compile" in train[vid]["reason"]
     sample = {r["id"]: r for r in results["sample"]}
