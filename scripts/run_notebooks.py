@@ -35,27 +35,15 @@ PARAMETERS_TAG = "parameters"
 
 
 def toc_notebooks(root: Path = ROOT) -> list[Path]:
-    """The notebooks of _toc.yml, in the book's order."""
+    """The notebooks of _toc.yml, in the book's order (pages that are not notebooks left out)."""
     import yaml
 
+    sys.path.insert(0, str(Path(__file__).parent))  # scripts/check_toc.py, beside this file
+    from check_toc import toc_files
+
     toc = yaml.safe_load((root / "_toc.yml").read_text())
-    found: list[Path] = []
-
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                path = root / (entry["file"] + ".ipynb")
-                if path.exists():
-                    found.append(path)
-            walk(entry.get("sections"))
-            for part in entry.get("parts", []):
-                walk(part.get("chapters"))
-        return found
-
-    walk([{"file": toc["root"]}] + toc.get("chapters", []) + [
-        chapter for part in toc.get("parts", []) for chapter in part.get("chapters", [])
-    ])  # fmt: skip
-    return found
+    paths = [root / f"{page}.ipynb" for page in toc_files(toc)]
+    return [path for path in paths if path.exists()]
 
 
 def parse_params(pairs: list[str]) -> dict[str, object]:
