@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['FAST_PRECISIONS', 'time_per_call', 'count_flops', 'matmul_tflops', 'unet_forward', 'FastNet', 'prepare_model',
-           'autocast', 'make_denoise_step', 'sample_fast', 'is_profiler_annotation', 'kernel_profile', 'target_verdict',
-           'bench_table', 'Distributed', 'init_distributed', 'current_distributed', 'per_rank_batch']
+           'autocast', 'make_denoise_step', 'sample_fast', 'is_profiler_annotation', 'kernel_profile',
+           'diffusers_compiled_ran', 'target_verdict', 'bench_table', 'Distributed', 'init_distributed',
+           'current_distributed', 'per_rank_batch']
 
 # %% ../notebooks/20_performance.ipynb #d10b1d08
 import copy
@@ -387,8 +388,17 @@ def kernel_profile(profile: dict) -> dict:
     return fixed
 
 
+def diffusers_compiled_ran(train_rows: list[dict]) -> bool:
+    """Whether a compiled diffusers row of scripts/bench_gpu.py ran: the training target's base."""
+    return any(
+        r.get("model") == "diffusers" and r.get("status") == "ok"
+        and r.get("switches", {}).get("compile")
+        for r in train_rows
+    )  # fmt: skip
+
+
 def target_verdict(results: dict, name: str) -> str:
-    """ "met", "NOT met", or why a target of the fast path is not decided by this run.
+    """The verdict on a target of the fast path: "met", "NOT met", or why this run cannot say.
 
     The training target compares with diffusers' best *compiled* row: a run without one (its
     budget skipped it, say) cannot decide it, whatever its summary says.
@@ -396,14 +406,9 @@ def target_verdict(results: dict, name: str) -> str:
     summary = results.get("summary", {}).get(name)
     if summary is None:
         return "not measured in this run"
-    if name == "train_fast_vs_best_diffusers":
-        compiled = any(
-            r.get("model") == "diffusers" and r.get("status") == "ok"
-            and r.get("switches", {}).get("compile")
-            for r in results.get("train", [])
-        )  # fmt: skip
-        if not compiled and summary.get("diffusers_compiled") is not True:
-            return "not decided: diffusers' compiled row did not run"
+    compiled = diffusers_compiled_ran(results.get("train", []))
+    if name == "train_fast_vs_best_diffusers" and not compiled:
+        return "not decided: diffusers' compiled row did not run"
     return "met" if summary["met"] else "NOT met"
 
 

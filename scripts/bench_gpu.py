@@ -751,7 +751,7 @@ def summarize(results: dict) -> dict:
         best = max(diffusers, key=lambda r: r["images_per_s"])
         ratio = ours["images_per_s"] / best["images_per_s"]
         # The target is against diffusers compiled: without that row, it is not decided.
-        compiled = any(r.get("switches", {}).get("compile") for r in diffusers)
+        compiled = fast.diffusers_compiled_ran(diffusers)
         summary["train_fast_vs_best_diffusers"] = {
             "ratio": round(ratio, 2), "ours": ours["id"], "diffusers_best": best["id"],
             "target": 1.3, "met": compiled and ratio >= 1.3, "diffusers_compiled": compiled,
