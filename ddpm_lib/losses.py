@@ -13,7 +13,7 @@ from .forward import draw_noise, q_sample
 from .posterior import q_posterior_mean_variance
 from .sampling import p_mean_variance, predict_eps
 from .schedules import NoiseSchedule
-from .utils import check_timesteps
+from .utils import check_timesteps, mark_range
 
 
 def gaussian_kl(mean1, var1, mean2, var2):
@@ -105,6 +105,7 @@ def simple_loss(
         t = torch.randint(
             1, schedule.num_timesteps + 1, (x0.shape[0],), generator=generator, device=x0.device
         )
+        mark_range(t, 1, schedule.num_timesteps)  # the checks below need not read t back
     t = check_timesteps(t, schedule.num_timesteps, x0)  # (B,)
     eps = draw_noise(x0, eps, generator)  # (B, ...)
     xt = q_sample(schedule, x0, t, eps)  # Eq. 4

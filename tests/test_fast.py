@@ -18,10 +18,12 @@ from conftest import tiny_unet_config
 
 from ddpm_lib.fast import (
     FAST_PRECISIONS,
+    DeviceReads,
     FastNet,
     autocast,
     bench_table,
     count_flops,
+    host_time_per_call,
     is_profiler_annotation,
     kernel_profile,
     make_denoise_step,
@@ -31,7 +33,8 @@ from ddpm_lib.fast import (
     time_per_call,
     unet_forward,
 )
-from ddpm_lib.sampling import VARIANCES, p_sample, sample
+from ddpm_lib.losses import simple_loss
+from ddpm_lib.sampling import VARIANCES, p_sample, sample, sample_progressive
 from ddpm_lib.schedules import NoiseSchedule, linear_betas
 from ddpm_lib.training import TrainConfig, train_step
 from ddpm_lib.unet import UNet, UNetConfig
@@ -246,6 +249,44 @@ def test_time_per_call_calls_warmup_plus_iters():
     calls = []
     seconds = time_per_call(lambda: calls.append(1), iters=7, warmup=2)
     assert len(calls) == 9 and seconds >= 0
+
+
+def test_host_time_per_call_times_each_call_alone():
+    calls = []
+    seconds = host_time_per_call(lambda: calls.append(1), iters=4)
+    assert len(calls) == 4 and 0 <= seconds < 0.1
+
+
+def test_device_reads_counts_only_the_package_reads():
+    with DeviceReads() as reads:
+        float(torch.ones(()))  # this test's own read: not ddpm_lib's
+        # A caller's t has no range note: check_timesteps reads it once; the checks after it
+        # (q_sample's, extract's) use the note that check made.
+        simple_loss(lambda xt, t: xt, SHORT, torch.zeros(2, 1, 4, 4), t=torch.tensor([3, 4]))
+    assert reads.count == 1, reads.where
+    assert next(iter(reads.where)).startswith("ddpm_lib.utils:")
+    with DeviceReads(package=__name__) as mine:
+        bool(torch.ones(()) > 0)
+        torch.ones(2).sum().item()
+    assert mine.count == 2
+
+
+def test_training_and_sampling_steps_never_wait_for_the_device():
+    """On a GPU, each read of a device value stalls the queue: a step must make none."""
+    model = UNet(tiny_unet_config(num_timesteps=100))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x0 = torch.rand(4, 1, 16, 16) * 2 - 1
+    generator = torch.Generator().manual_seed(0)
+    for net in (model, prepare_model(copy.deepcopy(model), channels_last=True)):
+        with DeviceReads() as reads:
+            train_step(net, SHORT, x0, optimizer, lr=1e-3, generator=generator)
+        assert reads.count == 0, reads.where
+    steps = sample_progressive(model, SHORT, (2, 1, 16, 16), generator, progress=False)
+    next(steps)
+    with DeviceReads() as reads:
+        for _ in range(3):
+            next(steps)
+    assert reads.count == 0, reads.where
 
 
 def test_count_flops_counts_products():

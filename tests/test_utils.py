@@ -14,7 +14,9 @@ from ddpm_lib.utils import (
     count_parameters,
     extract,
     get_device,
+    mark_range,
     seed_everything,
+    value_range,
 )
 
 
@@ -53,6 +55,33 @@ def test_check_timesteps_paper_indexing():
         check_timesteps(torch.tensor([1.0, 2, 3, 4]), 10, x)
     with pytest.raises(TypeError, match="int or an integer tensor"):
         check_timesteps([1, 2, 3, 4], 10, x)
+
+
+def test_value_range_reads_or_takes_the_note():
+    t = torch.tensor([4, 2, 9])
+    assert value_range(t) == (2, 9)  # read from t
+    assert mark_range(t, 1, 10) is t
+    assert value_range(t) == (1, 10)  # the note, not the values (a note is trusted)
+    t[0] = 50  # an in-place change: the note lapses
+    assert value_range(t) == (2, 50)
+    assert value_range(t[:2]) == (2, 50)  # a view is another tensor: read
+
+
+def test_checks_use_range_notes_and_still_catch_changed_tensors():
+    x = torch.zeros(3, 1, 2, 2)
+    t = check_timesteps(7, 10, x)  # made from an int: checked on the CPU, then noted
+    assert value_range(t) == (7, 7)
+    t32 = check_timesteps(torch.tensor([1, 5, 10], dtype=torch.int32), 10, x)
+    assert t32.dtype == torch.int64 and value_range(t32) == (1, 10)
+    t[1] = 11  # changed after its check: the next check reads it and refuses it
+    with pytest.raises(ValueError, match="got 7..11"):
+        check_timesteps(t, 10, x)
+    with pytest.raises(IndexError, match="got 7..11"):
+        extract(torch.arange(11.0), t, x.shape)
+    with pytest.raises(ValueError, match="got 12"):
+        check_timesteps(12, 10, x)  # an int out of range never becomes a tensor
+    empty = torch.zeros(0, 1)
+    assert check_timesteps(torch.zeros(0, dtype=torch.int64), 10, empty).shape == (0,)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device (CUDA)")
