@@ -481,8 +481,9 @@ def bench_table(results: dict) -> str:
         f"bf16 {_cell(peak.get('bf16_matmul_tflops'))} TFLOP/s, "
         f"fp32 {_cell(peak.get('fp32_matmul_tflops'))} TFLOP/s.",
         "",
-        "| training | batch | ms/step | images/s | TFLOP/s | of bf16 peak | first call s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| training | batch | ms/step | images/s | TFLOP/s | of bf16 peak | first call s "
+        "| CPU ms to issue a step | host syncs per step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def status(row) -> str | None:
@@ -493,31 +494,34 @@ def bench_table(results: dict) -> str:
     for r in results.get("train", []):
         name = f"{r['id']} ({r['note']})" if r.get("note") else r["id"]
         if status(r):
-            lines.append(f"| {name} | {r.get('batch')} | {status(r)} | | | | |")
+            lines.append(f"| {name} | {r.get('batch')} | {status(r)} | | | | | | |")
             continue
         frac = r.get("frac_bf16_peak")
         lines.append(
             f"| {name} | {r['batch']} | {r['ms_per_step']:.1f} | {r['images_per_s']:.0f} "
             f"| {r['tflops']:.1f} | {_cell(frac and 100 * frac, '{:.0f}%')} "
-            f"| {r['first_call_s']:.1f} |"
+            f"| {r['first_call_s']:.1f} | {_cell(r.get('host_ms_per_step'))} "
+            f"| {_cell(r.get('syncs_per_step'), '{}')} |"
         )
     lines += [
         "",
         "| sampling | images | ms/step | s for T steps | measured end to end | speed-up "
-        "| eps rel. error |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| eps rel. error | CPU ms to issue a step | host syncs per step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results.get("sample", []):
         name = f"{r['id']} ({r['note']})" if r.get("note") else r["id"]
         if status(r):
-            lines.append(f"| {name} | {r.get('images')} | {status(r)} | | | | |")
+            lines.append(f"| {name} | {r.get('images')} | {status(r)} | | | | | | |")
             continue
         T = r["num_timesteps"]
         lines.append(
             f"| {name} | {r['images']} | {r['ms_per_step']:.2f} | {r[f's_for_{T}_steps']:.1f} "
             f"| {_cell(r.get(f's_for_{T}_steps_measured'))} "
             f"| {_cell(r.get('speedup_vs_eager_fp32'), '{:.2f}x')} "
-            f"| {_cell(r.get('check_eps_rel_rms_diff'), '{:.1e}')} |"
+            f"| {_cell(r.get('check_eps_rel_rms_diff'), '{:.1e}')} "
+            f"| {_cell(r.get('host_ms_per_step'), '{:.2f}')} "
+            f"| {_cell(r.get('syncs_per_step'), '{}')} |"
         )
     profiled = [
         (section, r) for section in ("train", "sample") for r in results.get(section, [])

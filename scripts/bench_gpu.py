@@ -17,6 +17,10 @@ loop (ddpm_lib.sampling.sample_progressive, eager fp32) against the fast step
 step of the loop costs the same, so each variant is timed over a few steps; the 1000-step time
 is that per-step time x 1000 ("extrapolated"), and the fast variants also run end to end.
 
+Each row also tells the CPU's side of a step: its time to return when the GPU has nothing
+queued (host_ms_per_step) and its waits for the GPU (syncs_per_step, torch.cuda's sync debug
+mode; CUDA only).
+
 Inputs are random (the timings do not depend on the values; the networks' zero-initialised
 layers get random weights so that no product is trivially zero). Each variant is caught on its
 own: a failure is recorded in the JSON and the run goes on. A time budget skips the variants
@@ -43,6 +47,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -411,6 +416,40 @@ def kernel_breakdown(fn, steps: int, device: torch.device) -> dict:
 COMPILE_ON_CPU = "torch.compile skipped on a CPU (minutes of C++ compilation); --compile forces it"
 
 
+def cuda_syncs(fn, device: torch.device) -> int | None:
+    """How many times one call of fn() made the CPU wait for the GPU; None off CUDA.
+
+    Counted by torch.cuda's sync debug mode, which warns at each synchronizing operation
+    (a value read back, a copy to the host): every package's, not only ddpm_lib's.
+    """
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize(device)
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+def host_side(fn, device: torch.device) -> dict:
+    """The CPU's side of a step: its time to issue one step, and its waits for the GPU.
+
+    A diagnosis, not a result: if it fails, the error is recorded and the row's timings stay.
+    """
+    side = {}
+    try:
+        side["host_ms_per_step"] = round(fast.host_time_per_call(fn, 3, device) * 1e3, 3)
+        side["syncs_per_step"] = cuda_syncs(fn, device)
+    except Exception as err:  # noqa: BLE001 -- recorded, and the timed row is kept
+        side["host_side_error"] = f"{type(err).__name__}: {err}"[:300]
+    return side
+
+
 def train_jobs(run: Run, args, size: dict, device: torch.device) -> list[dict]:
     """The training variants, as jobs for run.variant (see run_jobs)."""
     B = size["train_batch"]
@@ -492,6 +531,7 @@ def train_jobs(run: Run, args, size: dict, device: torch.device) -> list[dict]:
         }
         if device.type == "cuda":
             result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        result.update(host_side(step, device))
         if profile and (device.type == "cuda" or args.profile_cpu):
             result["profile"] = kernel_breakdown(step, 2, device)
         return result
@@ -618,6 +658,7 @@ def sample_jobs(run: Run, args, size: dict, device: torch.device) -> list[dict]:
             "extrapolated": True,
             "check_max_abs_diff": 0.0,
             "check_eps_rel_rms_diff": 0.0,
+            **host_side(lambda: next(steps), device),
         }
         if on_cuda or args.profile_cpu:
             result["profile"] = kernel_breakdown(lambda: next(steps), 3, device)
@@ -653,6 +694,7 @@ def sample_jobs(run: Run, args, size: dict, device: torch.device) -> list[dict]:
             f"s_for_{T}_steps": round(seconds * T, 2),
             "extrapolated": True,
             "speedup_vs_eager_fp32": round(eager_ms / (seconds * 1e3), 2) if eager_ms else None,
+            **host_side(one_step, device),
         })  # fmt: skip
         if profile and (on_cuda or args.profile_cpu):
             result["profile"] = kernel_breakdown(one_step, 3, device)

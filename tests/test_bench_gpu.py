@@ -77,6 +77,18 @@ def test_kernel_kinds(name, kind):
     assert bench.kernel_kind(name) == kind
 
 
+def test_host_side_times_a_step_and_records_its_failure():
+    calls = []
+    side = bench.host_side(lambda: calls.append(1), torch.device("cpu"))
+    assert side["host_ms_per_step"] >= 0 and side["syncs_per_step"] is None and len(calls) == 3
+
+    def broken():
+        raise RuntimeError("no sync debug mode here")
+
+    side = bench.host_side(broken, torch.device("cpu"))
+    assert "host_ms_per_step" not in side and "no sync debug mode" in side["host_side_error"]
+
+
 def test_summary_compares_with_the_best_diffusers_row():
     results = {
         "train": [
@@ -165,12 +177,14 @@ def test_tiny_run_on_cpu(tmp_path):
         assert row["status"] == "ok", row
         assert row["ms_per_step"] > 0 and row["images_per_s"] > 0 and row["loss_finite"]
         assert row["flops_per_step"] > 0 and row["tflops"] > 0 and row["frac_bf16_peak"] > 0
+        assert row["host_ms_per_step"] > 0 and row["syncs_per_step"] is None  # CUDA only
     compiled = ["ours-fast", "ours-fast-graphs", "ours-fast-nchw", "diffusers-bf16-compile"]
     compiled.append("ours-bf16-compile")
     for vid in compiled + ["diffusers-fast", "diffusers-graphs"]:
         assert train[vid]["status"] == "skipped" and "torch.compile" in train[vid]["reason"]
     sample = {r["id"]: r for r in results["sample"]}
     assert sample["eager-fp32"]["status"] == "ok" and sample["eager-fp32"]["ms_per_step"] > 0
+    assert sample["eager-fp32"]["host_ms_per_step"] > 0
     assert sample["fp32-nocheck"]["check_max_abs_diff"] == 0.0  # exactly the plain step
     for vid in ("bf16", "bf16-weights", "bf16-cl"):
         assert 0 < sample[vid]["check_eps_rel_rms_diff"] < 0.02, sample[vid]

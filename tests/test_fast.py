@@ -300,7 +300,8 @@ def results(**summary):
     meta = dict(torch="2.x", date="today", command="python scripts/bench_gpu.py", size="full",
                 gpu="Some GPU", device="cuda")  # fmt: skip
     ok = dict(status="ok", batch=128, ms_per_step=20.0, images_per_s=6400.0, tflops=239.0,
-              frac_bf16_peak=0.34, first_call_s=40.0)  # fmt: skip
+              frac_bf16_peak=0.34, first_call_s=40.0, host_ms_per_step=12.5,
+              syncs_per_step=0)  # fmt: skip
     return {
         "meta": meta,
         "peak": {"matmul_n": 8192, "bf16_matmul_tflops": 700.0, "fp32_matmul_tflops": 50.0},
@@ -359,9 +360,13 @@ def test_bench_table_shows_every_row_and_the_verdicts():
         results(sample_fast_vs_eager_fp32=dict(ratio=4.0, target=3.0, met=True, fastest="fast"))
     )
     assert "**Some GPU**" in table and "python scripts/bench_gpu.py" in table
-    assert "| ours-fast (the fast path) | 128 | 20.0 | 6400 | 239.0 | 34% | 40.0 |" in table
+    assert (
+        "| ours-fast (the fast path) | 128 | 20.0 | 6400 | 239.0 | 34% | 40.0 | 12.5 | 0 |"
+        in table
+    )
     assert "skipped: time budget" in table and "error: RuntimeError: boom" in table
-    assert "| fast | 1000 | 5.00 | 5.0 | 5.2 | 4.00x | 4.0e-03 |" in table
+    # A run from before the host columns: "-" there.
+    assert "| fast | 1000 | 5.00 | 5.0 | 5.2 | 4.00x | 4.0e-03 | - | - |" in table
     assert "4.00x (target 3.0x: met)" in table
 
 
