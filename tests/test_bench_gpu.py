@@ -89,6 +89,20 @@ def test_host_side_times_a_step_and_records_its_failure():
     assert "host_ms_per_step" not in side and "no sync debug mode" in side["host_side_error"]
 
 
+def test_kernel_breakdown_on_a_cpu_lists_kernels_and_cpu_operators():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.SiLU())
+    x = torch.randn(2, 1, 8, 8)
+    prof = bench.kernel_breakdown(lambda: model(x).sum().backward(), 2, torch.device("cpu"))
+    assert "error" not in prof, prof
+    assert prof["steps_profiled"] == 2 and prof["kernel_ms_per_step"] > 0
+    assert prof["by_kind_ms"]["convolution"] > 0
+    assert 0 < prof["cpu_ops_ms_per_step"]
+    ops = {row[0]: row for row in prof["top_cpu_ops"]}
+    assert any("convolution" in name for name in ops), list(ops)
+    name, own_ms, calls, device_ms = prof["top_cpu_ops"][0]
+    assert own_ms > 0 and calls > 0 and device_ms == 0
+
+
 def test_summary_compares_with_the_best_diffusers_row():
     results = {
         "train": [
