@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['READ_BACKS', 'FAST_PRECISIONS', 'time_per_call', 'host_time_per_call', 'DeviceReads', 'count_flops', 'matmul_tflops',
-           'unet_forward', 'FastNet', 'prepare_model', 'autocast', 'make_denoise_step', 'sample_fast',
-           'is_profiler_annotation', 'kernel_profile', 'diffusers_compiled_ran', 'target_verdict', 'bench_table',
-           'Distributed', 'init_distributed', 'current_distributed', 'per_rank_batch']
+           'randomize_zero_layers', 'unet_forward', 'FastNet', 'prepare_model', 'autocast', 'make_denoise_step',
+           'sample_fast', 'is_profiler_annotation', 'kernel_profile', 'diffusers_compiled_ran', 'target_verdict',
+           'bench_table', 'Distributed', 'init_distributed', 'current_distributed', 'per_rank_batch']
 
 # %% ../notebooks/20_performance.ipynb #d10b1d08
 import copy
@@ -133,6 +133,19 @@ def matmul_tflops(device="cpu", dtype=torch.bfloat16, n: int = 8192, iters: int 
     b = torch.randn(n, n, device=device, dtype=dtype)
     seconds = time_per_call(lambda: a @ b, iters=iters, warmup=3, device=device)
     return 2 * n**3 / seconds / 1e12
+
+
+def randomize_zero_layers(model: nn.Module, std: float = 0.1) -> None:
+    """Give the parameters that are all zero (the zero-initialised layers) N(0, std^2) values.
+
+    An untrained U-Net predicts eps = 0: its last convolution starts at zero, as do the last
+    layers of its residual blocks. A timing, a check of a switch or a test on such a network
+    would compare zeros; training would have moved those weights, and so does this.
+    """
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().max() == 0:
+                p.normal_(std=std)
 
 # %% ../notebooks/20_performance.ipynb #2e59a34e
 FAST_PRECISIONS = ("fp32", "bf16", "fp16")

@@ -129,14 +129,6 @@ class DiffusersEps(nn.Module):
         return self.unet(xt, t - 1).sample
 
 
-def randomize_zero_layers(model: nn.Module) -> None:
-    """Give the zero-initialised layers random weights, as training would."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().max() == 0:
-                p.normal_(std=0.02)
-
-
 # ---------------------------------------------------------------------------------------------
 # The run: output files, time budget, watchdog
 
@@ -488,7 +480,7 @@ def train_jobs(run: Run, args, size: dict, device: torch.device) -> list[dict]:
         torch.manual_seed(0)
         if kind == "ours":
             model = UNet(ours_train_config(args.tiny))
-            randomize_zero_layers(model)
+            fast.randomize_zero_layers(model, std=0.02)
         else:
             model = DiffusersEps(diffusers_unet(args.tiny))
         return model.to(device).train()
@@ -648,7 +640,7 @@ def sample_jobs(run: Run, args, size: dict, device: torch.device) -> list[dict]:
             return state
         torch.manual_seed(0)
         model = UNet(config)
-        randomize_zero_layers(model)
+        fast.randomize_zero_layers(model, std=0.02)
         model = model.to(device).eval()
         t = min(500, T)
         x = torch.randn(shape, generator=torch.Generator(device).manual_seed(1), device=device)

@@ -29,6 +29,7 @@ from ddpm_lib.fast import (
     make_denoise_step,
     matmul_tflops,
     prepare_model,
+    randomize_zero_layers,
     sample_fast,
     time_per_call,
     unet_forward,
@@ -249,6 +250,22 @@ def test_time_per_call_calls_warmup_plus_iters():
     calls = []
     seconds = time_per_call(lambda: calls.append(1), iters=7, warmup=2)
     assert len(calls) == 9 and seconds >= 0
+
+
+def test_randomize_zero_layers_fills_only_the_zero_parameters():
+    model = UNet(tiny_unet_config())
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    zero = [name for name, p in before.items() if p.abs().max() == 0]
+    assert "conv_out.weight" in zero  # the U-Net's last convolution starts at zero
+    randomize_zero_layers(model, std=0.5)
+    for name, p in model.named_parameters():
+        if name in zero:
+            assert p.abs().max() > 0
+            if p.numel() > 50:  # enough values to check their spread
+                assert 0.3 < p.std() < 0.7
+        else:
+            assert torch.equal(p, before[name])
+    assert model(torch.randn(2, 1, 16, 16), 5).abs().max() > 0  # eps_pred is no longer 0
 
 
 def test_host_time_per_call_times_each_call_alone():
