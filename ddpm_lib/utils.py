@@ -41,14 +41,25 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 _KNOWN_RANGES = WeakTensorKeyDictionary()
 
 
+def _version_of(t: torch.Tensor) -> int | None:
+    """t's count of in-place changes; None if t keeps none (a tensor made in inference mode)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
 def mark_range(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Note that every value of the integer tensor t lies in lo..hi, and return t.
 
     For code that makes t and so knows its range (torch.randint, torch.full): `value_range`,
     and the checks built on it, then take the note instead of reading t. The note is trusted, not
-    verified. It lapses when t is changed in place (its version counter moves on).
+    verified. It lapses when t is changed in place (its version counter moves on). A tensor
+    without a version counter (made under torch.inference_mode) gets no note: it is read.
     """
-    _KNOWN_RANGES[t] = (t._version, int(lo), int(hi))
+    version = _version_of(t)
+    if version is not None:
+        _KNOWN_RANGES[t] = (version, int(lo), int(hi))
     return t
 
 
@@ -58,7 +69,7 @@ def value_range(t: torch.Tensor) -> tuple[int, int]:
     Reading a tensor that lives on a GPU makes the CPU wait for every kernel queued before it.
     """
     note = _KNOWN_RANGES.get(t)
-    if note is not None and note[0] == t._version:
+    if note is not None and note[0] == _version_of(t):
         return note[1], note[2]
     lo, hi = torch.stack(torch.aminmax(t)).tolist()  # one read
     return lo, hi

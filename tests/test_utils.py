@@ -84,6 +84,19 @@ def test_checks_use_range_notes_and_still_catch_changed_tensors():
     assert check_timesteps(torch.zeros(0, dtype=torch.int64), 10, empty).shape == (0,)
 
 
+def test_checks_work_in_inference_mode():
+    """Tensors made under inference_mode keep no version counter: no note, so they are read."""
+    x = torch.zeros(2, 1)
+    with torch.inference_mode():
+        t = check_timesteps(5, 10, x)
+        assert t.tolist() == [5, 5] and value_range(t) == (5, 5)
+        t[0] = 11  # an in-place change that no note could notice: the check reads t
+        with pytest.raises(ValueError, match="got 5..11"):
+            check_timesteps(t, 10, x)
+        coef = extract(torch.arange(11.0), check_timesteps(3, 10, x), x.shape)
+        assert coef.flatten().tolist() == [3.0, 3.0]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device (CUDA)")
 def test_device_mismatch_is_reported():
     x = torch.zeros(2, 3, device="cuda")
