@@ -1,0 +1,54 @@
+"""scripts/gpu_session.sh, the GPU machine's one call, keeps working: run here at tiny sizes.
+
+Device time is short (minutes per session), so a broken session script would waste it. This runs
+both of its steps on the CPU (the benchmark at --tiny size, one chapter at toy size) and checks
+that every file it promises is written.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_session_script_runs_both_steps_on_a_cpu(tmp_path):
+    out = tmp_path / "out"
+    env = dict(
+        os.environ,
+        OUT=str(out),
+        PY=sys.executable,
+        WHEELS=str(tmp_path / "no-wheels"),  # none: everything is installed here
+        BENCH_S="100",
+        BENCH_ARGS="--tiny --device cpu --only ours-fp32",
+        NOTEBOOKS_S="150",
+        NOTEBOOK_ARGS="--size toy notebooks/01_markov_chain.ipynb",
+    )
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_session.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "bench rc=0" in proc.stdout and "notebooks rc=0" in proc.stdout, proc.stdout[-3000:]
+    assert "torch" in (out / "machine.txt").read_text()
+    bench = json.loads((out / "bench" / "bench_gpu_cpu_tiny.json").read_text())
+    assert [r["id"] for r in bench["train"] if r["status"] == "ok"] == ["ours-fp32"]
+    runs = json.loads((out / "notebooks" / "notebook_runs.json").read_text())
+    assert [(r["notebook"], r["status"]) for r in runs["notebooks"]] == [("01_markov_chain", "ok")]
+    with tarfile.open(out / "executed_notebooks.tar.gz") as archive:
+        assert "executed/01_markov_chain.ipynb" in archive.getnames()
+    assert not (out / "notebooks" / "executed").exists()  # archived, then removed
+
+
+def test_a_zero_budget_skips_a_step(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path), PY=sys.executable, BENCH_S="0", NOTEBOOKS_S="0",
+               WHEELS=str(tmp_path / "no-wheels"))  # fmt: skip
+    proc = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "bench rc" not in proc.stdout and "notebooks rc" not in proc.stdout
+    assert (tmp_path / "machine.txt").exists() and not (tmp_path / "bench").exists()
