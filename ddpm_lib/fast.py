@@ -139,8 +139,9 @@ def randomize_zero_layers(model: nn.Module, std: float = 0.1) -> None:
     """Give the parameters that are all zero (the zero-initialised layers) N(0, std^2) values.
 
     An untrained U-Net predicts eps = 0: its last convolution starts at zero, as do the last
-    layers of its residual and attention blocks. A timing, a check of a switch or a test on such a network
-    would compare zeros; training would have moved those weights, and so does this.
+    layers of its residual and attention blocks. A timing, a check of a switch or a test on
+    such a network would compare zeros; training would have moved those weights, and so does
+    this.
     """
     with torch.no_grad():
         for p in model.parameters():
