@@ -52,10 +52,7 @@ def random_unet(config: UNetConfig, seed: int = 0) -> UNet:
     """A U-Net whose zero-initialised layers have random weights, as after training."""
     torch.manual_seed(seed)
     model = UNet(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().max() == 0:
-                p.normal_(std=0.1)
+    randomize_zero_layers(model)
     return model
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from ddpm_lib.fast import randomize_zero_layers
 from ddpm_lib.posterior import predict_x0_from_eps
 from ddpm_lib.sampling import p_sample, sample, sample_progressive
 from ddpm_lib.schedules import NoiseSchedule, linear_betas
@@ -22,10 +23,7 @@ def model():
     net = UNet(UNetConfig(image_size=8, in_channels=1, base_channels=8, channel_mults=(1, 2),
                           num_res_blocks=1, attention_resolutions=(), dropout=0.1, num_groups=4,
                           num_timesteps=T))  # fmt: skip
-    with torch.no_grad():  # random weights where the untrained net has zeros: a non-trivial net
-        for p in net.parameters():
-            if p.abs().max() == 0:
-                p.normal_(std=0.1)
+    randomize_zero_layers(net)  # random weights where the untrained net has zeros
     return net
 
 
