@@ -337,21 +337,22 @@ def kernel_kind(name: str) -> str:
     return next((kind for kind, keys in KERNEL_KINDS if any(k in n for k in keys)), "other")
 
 
+def own_device_us(avg) -> float:
+    """An averaged profiler row's own GPU time in microseconds (its field's name by version)."""
+    us = getattr(avg, "self_device_time_total", None)
+    return us if us is not None else getattr(avg, "self_cuda_time_total", 0)
+
+
 def cpu_operators(prof, steps: int, top: int = 15) -> tuple[float, list]:
     """The CPU's side of a profile: the operators' own CPU time per step, and the top operators.
 
     Each top entry: [operator, own CPU ms per step, calls per step, own GPU ms per step]. Own
-    times exclude the operators called inside.
-    The sum leaves out the Python between operators: a step whose wall time is far above both
-    its kernels and this sum spends that time in Python.
+    times exclude the operators called inside. The sum leaves out the Python between operators:
+    a step whose wall time is far above both its kernels and this sum spends that time in Python.
     """
-
-    def own_device_us(avg) -> float:
-        us = getattr(avg, "self_device_time_total", None)
-        return us if us is not None else getattr(avg, "self_cuda_time_total", 0)
-
-    total_ms = sum(avg.self_cpu_time_total for avg in prof.key_averages()) / 1e3 / steps
-    ranked = sorted(prof.key_averages(), key=lambda a: -a.self_cpu_time_total)
+    averages = prof.key_averages()
+    total_ms = sum(avg.self_cpu_time_total for avg in averages) / 1e3 / steps
+    ranked = sorted(averages, key=lambda a: -a.self_cpu_time_total)
     rows = [
         [avg.key[:120], round(avg.self_cpu_time_total / 1e3 / steps, 3),
          round(avg.count / steps, 1), round(own_device_us(avg) / 1e3 / steps, 3)]
@@ -402,8 +403,7 @@ def kernel_breakdown(fn, steps: int, device: torch.device) -> dict:
 
         if not kernels and target == DeviceType.CUDA:  # older profilers: the averaged table
             for avg in prof.key_averages():
-                us = getattr(avg, "self_device_time_total", None)
-                us = us if us is not None else getattr(avg, "self_cuda_time_total", 0)
+                us = own_device_us(avg)
                 skip = avg.key.startswith(("aten::", "autograd::")) or fast.is_profiler_annotation(
                     avg.key
                 )
