@@ -13,7 +13,7 @@ help:
 	@echo "make book   build the HTML book (sets up .venv, exports ddpm_lib, runs every chapter)"
 	@echo "make test   every test: library, notebooks, export, book build, real browser"
 	@echo "make export re-export ddpm_lib from notebooks/ after editing a chapter"
-	@echo "make lint   ruff on the library, notebooks, tests and scripts"
+	@echo "make lint   ruff on the library, notebooks, tests and scripts; actionlint on the workflows"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,7 @@ export: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check ddpm_lib notebooks tests scripts
 	$(BIN)/ruff format --check ddpm_lib notebooks tests scripts
+	$(BIN)/actionlint
 
 book: $(STAMP)
 	$(BIN)/python scripts/export_library.py --check || $(MAKE) export
@@ -44,6 +45,7 @@ test: $(STAMP)
 	$(BIN)/python scripts/clean_notebooks.py --check
 	$(BIN)/python scripts/export_library.py --check
 	$(BIN)/ruff check ddpm_lib notebooks tests scripts
+	$(BIN)/actionlint
 	$(BIN)/python scripts/build_book.py
 	# Two test processes on two cores: one thread each (tiny models are far slower with more).
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile --nbval-lax tests notebooks
