@@ -2,6 +2,7 @@
 
     python scripts/train.py --preset mnist --data mnist --out runs/mnist --max-minutes 30
     python scripts/train.py --preset toy --data mini_mnist --out runs/toy --steps 50
+    python scripts/train.py --preset toy --data my_images/ --out runs/mine --steps 50
     torchrun --nproc_per_node 4 scripts/train.py --preset ddpm_cifar10 --out runs/cifar10
 
 Under torchrun, each of the processes (one per GPU) trains on its share of every batch of
@@ -57,7 +58,12 @@ DEFAULT_DATA = {"toy": "mini_mnist", "mnist": "mnist", "ddpm_cifar10": "cifar10"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=PRESETS, default="mnist")
-    p.add_argument("--data", choices=DATASETS, help="default: the preset's (mnist for mnist)")
+    p.add_argument(
+        "--data",
+        help=f"one of {', '.join(DATASETS)}, or a folder of images (with or without one "
+        "subfolder per class), centre-cropped and resized to the preset's image size and "
+        "converted to its channels; default: the preset's data set (mnist for mnist)",
+    )
     p.add_argument("--out", type=Path, required=True, help="the run's folder")
     p.add_argument("--steps", type=int, help="total gradient steps (default: the preset's)")
     p.add_argument("--max-minutes", type=float, help="wall-time budget of the training loop")
@@ -84,7 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--export", type=Path, help="write the float16 checkpoint to share here")
     p.add_argument("--eval-samples", type=int, default=0, help="with --export: samples to score")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.data is not None and args.data not in DATASETS and not Path(args.data).is_dir():
+        p.error(f"--data {args.data!r} is neither a data set ({', '.join(DATASETS)}) nor a folder")
+    return args
 
 
 def pick_precision(requested: str, device: torch.device) -> str:
@@ -127,7 +136,12 @@ def main(argv=None) -> int:
 
     if procs.world_size > 1 and not procs.is_main:
         torch.distributed.barrier()  # let process 0 download the data set first
-    images = load_images(data_name, "train")
+    if data_name in DATASETS:
+        images = load_images(data_name, "train")
+    else:  # a folder of images, read at the model's size and channels
+        images = load_images(
+            Path(data_name), image_size=unet_config.image_size, channels=unet_config.in_channels
+        )
     if procs.world_size > 1 and procs.is_main:
         torch.distributed.barrier()
     if images.shape[1] != unet_config.in_channels:

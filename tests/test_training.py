@@ -7,8 +7,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
 
 from ddpm_lib.losses import simple_loss
@@ -324,3 +326,27 @@ def test_command_line_toy_run_and_resume(tmp_path):
     model, _, info = load_checkpoint(export)
     assert info["dtype"] == "float16" and info["extra"]["hardware"]
     assert model.config == UNetConfig.toy()
+
+
+def test_command_line_trains_on_a_folder_of_images(tmp_path, capsys):
+    """--data DIR: colour images of mixed sizes, read at the toy preset's 14x14 grey."""
+    folder = tmp_path / "my_images"
+    rng = np.random.default_rng(0)
+    for i, (width, height) in enumerate([(20, 16), (16, 20), (14, 14), (30, 24)] * 2):
+        (folder / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"class{i % 2}" / f"{i}.png")
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", "toy", "--data",
+           str(folder), "--out", str(out), "--steps", "3", "--batch-size", "4", "--log-every",
+           "1", "--sample-images", "0", "--no-progress"]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"data {folder} (8, 1, 14, 14)" in run.stdout
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    train_script = load_script("train")
+    with pytest.raises(SystemExit):
+        train_script.parse_args(["--data", str(tmp_path / "missing"), "--out", str(out)])
+    assert "missing' is neither a data set (mini_mnist, mnist" in capsys.readouterr().err
