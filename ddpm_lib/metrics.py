@@ -267,7 +267,9 @@ def draw_digits(
     for start in range(0, num, batch_size):
         shape = (min(batch_size, num - start), channels, size, size)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            batches.append(sample(model, schedule, shape, generator, progress).float().cpu())
+            batches.append(
+                sample(model, schedule, shape, generator, progress=progress).float().cpu()
+            )
     return torch.cat(batches).clamp(-1, 1)
 
 

@@ -5,13 +5,20 @@
 
 nbdev writes one module per notebook (`#| default_exp`) and can only append to a module that a
 notebook already wrote in the same run. The book's design has some modules built by two chapters
-(`forward` by 02 and 03, `sampling` by 04 and 07). So this script drives nbdev's own `nb_export`
-over the notebooks in chapter order with one change: the first notebook that writes a module in a
-run creates it, the later ones append to it. Before exporting it deletes every generated module,
-so a module whose notebook is gone disappears instead of going stale.
+(`forward` by 02 and 03, `sampling` by 04, 07 and 09). So this script drives nbdev's own
+`nb_export` over the notebooks in chapter order with one change: the first notebook that writes a
+module in a run creates it, the later ones append to it. Before exporting it deletes every
+generated module, so a module whose notebook is gone disappears instead of going stale.
+
+Module docstrings: nbdev writes a chapter's summary line ("> ...") as the docstring of the module
+the chapter names with `#| default_exp`, and none for a module that cells name one by one
+(`#| export sampling`). A module's first exported cell may instead begin with a string literal,
+as a hand-written module does: that literal becomes the module's docstring (moved to the top of
+the file, in place of nbdev's).
 """
 
 import argparse
+import ast
 import filecmp
 import shutil
 import sys
@@ -53,11 +60,40 @@ def export(nbs_dir: Path, lib_dir: Path) -> list[Path]:
     for nb in chapter_notebooks(nbs_dir):
         nb_export(str(nb), lib_path=str(lib_dir), mod_maker=FirstWriterCreates)
     modules = generated_modules(lib_dir)
-    for p in modules:  # nbdev leaves an appended module without its final newline
+    for p in modules:
         text = p.read_text(encoding="utf-8")
-        if not text.endswith("\n"):
-            p.write_text(text + "\n", encoding="utf-8")
+        if not text.endswith("\n"):  # nbdev leaves an appended module without its final newline
+            text += "\n"
+        p.write_text(move_docstring_to_top(text), encoding="utf-8")
     return modules
+
+
+def move_docstring_to_top(text: str) -> str:
+    """The module `text` with the string literal that opens its first exported cell (if any)
+    made its docstring, replacing the one nbdev wrote from the chapter's summary."""
+    body = ast.parse(text).body
+    has_doc = (
+        bool(body) and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+    )
+    rest = body[1:] if has_doc else body
+    # nbdev's `__all__ = [...]` comes first, then the cells; look at the first cell's first line.
+    if len(rest) < 2 or not (
+        isinstance(rest[1], ast.Expr)
+        and isinstance(rest[1].value, ast.Constant)
+        and isinstance(rest[1].value.value, str)
+    ):
+        return text
+    lines = text.splitlines(keepends=True)
+    literal = rest[1]
+    doc = "".join(lines[literal.lineno - 1 : literal.end_lineno])
+    del lines[literal.lineno - 1 : literal.end_lineno]
+    if lines[literal.lineno - 1 : literal.lineno] == ["\n"]:
+        del lines[literal.lineno - 1]  # the blank line after the literal
+    if has_doc:
+        del lines[body[0].lineno - 1 : body[0].end_lineno]
+        while lines and lines[0] == "\n":
+            del lines[0]
+    return doc + "\n" + "".join(lines)
 
 
 def check(root: Path) -> list[str]:
