@@ -150,6 +150,9 @@ def test_default_channels_and_alpha(tmp_path):
 
 def test_class_folders_give_imagefolder_labels_and_order(tmp_path):
     from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    assert data.IMAGE_EXTENSIONS == IMG_EXTENSIONS  # the same files count as images
 
     sizes = {"zebra": 2, "ant": 3, "moth": 1}
     for k, (name, count) in enumerate(sizes.items()):
