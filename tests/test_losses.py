@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from ddpm_lib.forward import q_sample
+from ddpm_lib.forward import prior_kl, q_sample
 from ddpm_lib.losses import gaussian_kl, simple_loss, vlb_term
 from ddpm_lib.schedules import NoiseSchedule, linear_betas
 from ddpm_lib.toy2d import Toy2DConfig, ToyEpsMLP, mmd, sample_toy, train_toy_model, two_moons
@@ -193,3 +193,27 @@ def test_toy_model_trained_with_simple_loss_samples_the_data(one_thread):
         samples = sample_toy(model, schedule, config.num_samples, gen, variance)
         score = mmd(samples, held_out)
         assert score < threshold, (variance, score, threshold, data_baseline, noise_baseline)
+
+
+@pytest.mark.parametrize("num_timesteps", [1000, 100, 10])
+def test_prior_kl_is_the_kl_from_q_xT_given_x0_to_the_standard_normal(num_timesteps):
+    """L_T = KL(q(x_T | x_0) || N(0, I)) summed per item (Book Eq. eq-prior-kl): against
+    gaussian_kl and torch.distributions.kl_divergence, with q(x_T | x_0) from alpha-bar_T."""
+    schedule = NoiseSchedule.from_betas(linear_betas(num_timesteps))
+    gen = torch.Generator().manual_seed(num_timesteps)
+    x0 = torch.rand(4, 3, 5, 5, generator=gen) * 2 - 1
+    ab_T = schedule.alpha_bars[-1].double()
+    mean, var = ab_T.sqrt() * x0.double(), (1 - ab_T).expand(x0.shape)  # Eq. 4 at t = T
+    zero, one = torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64)
+    by_gaussian_kl = gaussian_kl(mean, var, zero, one).flatten(1).sum(1)
+    by_torch = kl_divergence(Normal(mean, var.sqrt()), Normal(zero, one)).flatten(1).sum(1)
+    got = prior_kl(schedule, x0)
+    assert got.shape == (4,) and got.dtype == torch.float64
+    torch.testing.assert_close(got, by_gaussian_kl, rtol=1e-9, atol=0)
+    torch.testing.assert_close(got, by_torch, rtol=1e-9, atol=0)
+    assert bool((got > 0).all())
+
+
+def test_prior_kl_refuses_an_unbatched_input():
+    with pytest.raises(ValueError, match="batch"):
+        prior_kl(SCHEDULE, torch.zeros(5))
