@@ -1,5 +1,6 @@
 """ddpm_lib.metrics: the Frechet distance, the digit classifier, the quality table."""
 
+import json
 import math
 
 import pytest
@@ -119,3 +120,70 @@ def test_train_and_save_a_classifier(tmp_path):
     loaded, info = load_digit_classifier(path)
     assert float(info["test_accuracy"]) == pytest.approx(accuracy)
     assert classifier_accuracy(loaded, test_images, test_labels) == accuracy
+
+
+def test_frechet_distance_against_scipy_sqrtm_with_covariances_that_do_not_commute():
+    """d^2 with Tr((S_a S_b)^{1/2}) from scipy.linalg.sqrtm, the usual FID code, in float64."""
+    np = pytest.importorskip("numpy")
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    gen = torch.Generator().manual_seed(0)
+    D = 6
+    # Two covariances with the same spread of scales (0.1 to 10) along random orthogonal axes.
+    scales = torch.logspace(-1, 1, D, dtype=torch.float64)[:, None]  # (D, 1)
+    mix_a = scales * torch.linalg.qr(torch.randn(D, D, generator=gen, dtype=torch.float64))[0]
+    mix_b = scales * torch.linalg.qr(torch.randn(D, D, generator=gen, dtype=torch.float64))[0]
+    a = torch.randn(3000, D, generator=gen, dtype=torch.float64) @ mix_a
+    b = torch.randn(2000, D, generator=gen, dtype=torch.float64) @ mix_b + 0.5
+    mu_a, mu_b = a.mean(0).numpy(), b.mean(0).numpy()
+    s_a, s_b = np.cov(a.numpy(), rowvar=False), np.cov(b.numpy(), rowvar=False)
+    # The two covariances are far from commuting (no shared eigenvectors).
+    assert np.abs(s_a @ s_b - s_b @ s_a).max() > 0.1 * np.abs(s_a @ s_b).max()
+
+    def d2(cross_root):
+        return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross_root)
+
+    expected = d2(np.trace(scipy_linalg.sqrtm(s_a @ s_b)).real)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(a.float(), b.float()) == pytest.approx(expected, rel=1e-5)
+    # The shortcut Tr(S_a^{1/2} S_b^{1/2}), right only for commuting covariances, is far off here:
+    # the comparison above can tell the two apart.
+    shortcut = d2(np.trace(scipy_linalg.sqrtm(s_a) @ scipy_linalg.sqrtm(s_b)).real)
+    assert abs(shortcut - expected) > 0.1 * expected
+
+
+def test_the_shipped_pretrained_samples_keep_their_measured_quality():
+    """The 1,000 samples stored with the pretrained MNIST model, re-scored as
+    scripts/evaluate_pretrained.py does, give the figures of its quality.json and README
+    (squared Frechet distance 11.0; 2.7 for real held-out digits; 1007 for noise).
+
+    The tolerance (1%) holds the CPU's float32 differences from the measuring run (3e-4 for the
+    samples' distance) and fails on a real regression: 10% of the samples replaced by noise
+    scores 19.9, a classifier with random weights below 0.01, blurred samples 326.
+    """
+    np = pytest.importorskip("numpy")
+    folder = CLASSIFIER_PATH.parent / "mnist"
+    with np.load(folder / "eval_samples.npz") as f:
+        samples = from_uint8(f["images"])
+    samples = samples[:, None] if samples.dim() == 3 else samples  # (1000, 1, 28, 28)
+    assert samples.shape == (1000, 1, 28, 28)
+    measured = json.loads((folder / "quality.json").read_text())
+    classifier, _ = load_digit_classifier()
+    table = quality_table(samples, classifier)
+    for row in ("generated", "real", "noise"):
+        got, want = table[row], measured[row]
+        assert got["n"] == want["n"] == 1000
+        assert got["frechet_distance"] == pytest.approx(want["frechet_distance"], rel=0.01), row
+        assert got["confidence"] == pytest.approx(want["confidence"], abs=0.005), row
+        assert got["class_entropy_bits"] == pytest.approx(want["class_entropy_bits"], abs=0.02)
+        pairs = zip(got["class_counts"], want["class_counts"], strict=True)
+        moved = sum(abs(g - w) for g, w in pairs)
+        assert moved <= 4, (row, got["class_counts"], want["class_counts"])
+    nearest = table["nearest_train_distance"]["generated"]
+    assert nearest == pytest.approx(measured["nearest_train_distance"]["generated"], rel=0.01)
+    # The order that makes the figure mean something: real < generated << noise.
+    fd = {row: table[row]["frechet_distance"] for row in ("real", "generated", "noise")}
+    assert fd["real"] < fd["generated"] < fd["noise"] / 50
+    # The README quotes the measured figures, rounded.
+    readme = (folder / "README.md").read_text()
+    for row, fmt in [("generated", "{:.1f}"), ("real", "{:.1f}"), ("noise", "{:.0f}")]:
+        assert f"| {fmt.format(measured[row]['frechet_distance'])} |" in readme, row

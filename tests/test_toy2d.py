@@ -1,6 +1,8 @@
 """ddpm_lib.toy2d: the 2-D data, noise predictor, training loop, sampler and metric of chapter 05
 (the end-to-end check is in tests/test_losses.py)."""
 
+import math
+
 import pytest
 import torch
 
@@ -95,3 +97,25 @@ def test_train_toy_model_lowers_the_loss_and_sample_toy_is_reproducible(one_thre
     torch.testing.assert_close(a, b)
     c = sample_toy(model, schedule, 100, torch.Generator().manual_seed(1), "fixed_large")
     assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize(
+    ("dim", "bandwidths"), [(2, (0.05, 0.1, 0.2, 0.5, 1.0)), (2, (0.3, 1.0, 2.0)), (3, (0.5,))]
+)
+def test_mmd_against_a_direct_double_sum_in_float64(dim, bandwidths):
+    """MMD^2 = mean k(x, x') + mean k(y, y') - 2 mean k(x, y) (the biased estimate, diagonal
+    included), each mean a plain loop over all pairs in float64; k averaged over the widths."""
+    gen = torch.Generator().manual_seed(dim)
+    x = torch.randn(60, dim, generator=gen)
+    y = 0.8 * torch.randn(45, dim, generator=gen) + 0.2
+
+    def k(a, b):
+        sq = sum((ai - bi) ** 2 for ai, bi in zip(a, b, strict=True))
+        return sum(math.exp(-sq / (2 * h * h)) for h in bandwidths) / len(bandwidths)
+
+    def mean_k(a_set, b_set):
+        return sum(k(a, b) for a in a_set for b in b_set) / (len(a_set) * len(b_set))
+
+    xs, ys = x.double().tolist(), y.double().tolist()
+    expected = math.sqrt(mean_k(xs, xs) + mean_k(ys, ys) - 2 * mean_k(xs, ys))
+    assert mmd(x, y, bandwidths) == pytest.approx(expected, rel=1e-5)
