@@ -350,3 +350,51 @@ def test_command_line_trains_on_a_folder_of_images(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_script.parse_args(["--data", str(tmp_path / "missing"), "--out", str(out)])
     assert "missing' is neither a data set (mini_mnist, mnist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (0, 1 / 10),
+        (1, 2 / 11),
+        (2, 3 / 12),
+        (5, 6 / 15),
+        (10, 11 / 20),
+        (50, 51 / 60),
+        (79, 80 / 89),
+        (80, 0.9),
+        (81, 0.9),
+        (10**6, 0.9),
+    ],
+)
+def test_ema_warm_up_decay_at_update_n(n, expected):
+    """d_n = min(decay, (1 + n) / (10 + n)): n = 80 is where (1 + n) / (10 + n) reaches 0.9."""
+    warm = EMA(torch.nn.Linear(2, 1), decay=0.9, warmup=True)
+    warm.num_updates = n
+    assert warm.current_decay() == pytest.approx(expected, rel=1e-12)
+    cold = EMA(torch.nn.Linear(2, 1), decay=0.9)
+    cold.num_updates = n
+    assert cold.current_decay() == 0.9
+
+
+def test_ema_with_warm_up_averages_as_computed_by_hand():
+    """Twelve updates towards changing weights, against the recursion in float64:
+    ema_0 = theta_0;  ema_{n+1} = d_n ema_n + (1 - d_n) theta_{n+1},  d_n = min(0.5, (1+n)/(10+n))
+    (12 updates cross n = 8, where (1 + n) / (10 + n) reaches 0.5). Buffers are copied."""
+    gen = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(net, decay=0.5, warmup=True)
+    by_hand = [p.detach().double().clone() for p in net.parameters()]
+    for n in range(12):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+            net[1].running_mean.copy_(torch.randn(2, generator=gen))
+        d = min(0.5, (1 + n) / (10 + n))
+        thetas = [p.detach().double() for p in net.parameters()]
+        by_hand = [d * e + (1 - d) * p for e, p in zip(by_hand, thetas, strict=True)]
+        ema.update(net)
+    assert ema.num_updates == 12
+    for got, want in zip(ema.model.parameters(), by_hand, strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ema.model[1].running_mean, net[1].running_mean, rtol=0, atol=0)

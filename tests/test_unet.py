@@ -144,3 +144,52 @@ def test_config_takes_lists_from_json():
     config = UNetConfig(channel_mults=[1, 2], attention_resolutions=[16])
     assert config.channel_mults == (1, 2) and config.attention_resolutions == (16,)
     assert hash(config) == hash(UNetConfig(channel_mults=(1, 2), attention_resolutions=(16,)))
+
+
+def hand_written_resblock(block: ResBlock, x, temb, groups: int, dropout: float, training: bool):
+    """Ho et al.'s resnet_block (diffusion_tf/models/unet.py), op by op, with block's weights:
+    GroupNorm, SiLU, 3x3 conv; + dense(SiLU(temb)); GroupNorm, SiLU, dropout, 3x3 conv; + skip
+    (a 1x1 conv, "nin", when the channel count changes)."""
+
+    def group_norm(h, norm):  # statistics over each group of channels and all positions
+        B, C, H, W = h.shape
+        g = h.reshape(B, groups, C // groups, H, W)
+        mean = g.mean(dim=(2, 3, 4), keepdim=True)
+        var = ((g - mean) ** 2).mean(dim=(2, 3, 4), keepdim=True)  # biased, as GroupNorm's
+        g = (g - mean) / torch.sqrt(var + 1e-6)
+        return g.reshape(B, C, H, W) * norm.weight[:, None, None] + norm.bias[:, None, None]
+
+    def silu(h):
+        return h * torch.sigmoid(h)
+
+    def conv(h, layer, padding):
+        return torch.nn.functional.conv2d(h, layer.weight, layer.bias, padding=padding)
+
+    h = conv(silu(group_norm(x, block.norm1)), block.conv1, 1)
+    h = h + (silu(temb) @ block.time_proj.weight.T + block.time_proj.bias)[:, :, None, None]
+    h = silu(group_norm(h, block.norm2))
+    h = torch.nn.functional.dropout(h, dropout, training)
+    h = conv(h, block.conv2, 1)
+    skip = x if isinstance(block.skip, torch.nn.Identity) else conv(x, block.skip, 0)
+    return skip + h
+
+
+@pytest.mark.parametrize(("in_ch", "out_ch"), [(8, 16), (16, 16)])
+@pytest.mark.parametrize("training", [False, True])
+def test_resblock_order_of_operations_matches_a_hand_written_pass(in_ch, out_ch, training):
+    groups, dropout = 4, 0.3
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        block = ResBlock(in_ch, out_ch, time_dim=12, dropout=dropout, groups=groups)
+        with torch.no_grad():  # every weight random, GroupNorm's affine and conv2's zeros too,
+            for p in block.parameters():  # so that every step of the order shows in the output
+                p.normal_(std=0.5)
+        x = torch.randn(3, in_ch, 6, 5)
+        temb = torch.randn(3, 12)
+        block.train(training)
+        torch.manual_seed(1)  # the same dropout mask in both passes
+        out = block(x, temb)
+        torch.manual_seed(1)
+        expected = hand_written_resblock(block, x, temb, groups, dropout, training)
+    assert out.shape == (3, out_ch, 6, 5)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
