@@ -252,8 +252,13 @@ def draw_digits(
     seed: int = 0,
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
+    num_steps: int | None = None,
+    solver: str | None = None,
+    eta: float | None = None,
 ) -> torch.Tensor:
-    """Draw `num` samples with Algorithm 2 in batches (under autocast if `amp_dtype` is given).
+    """Draw `num` samples in batches with `sample` (under autocast if `amp_dtype` is given).
+
+    num_steps, solver, eta: passed to `sample`; by default Algorithm 2 with all T steps.
 
     Returns:
         (num, C, H, W) float32 samples on the CPU, clipped to [-1, 1], H = W = image_size.
@@ -268,7 +273,18 @@ def draw_digits(
         shape = (min(batch_size, num - start), channels, size, size)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             batches.append(
-                sample(model, schedule, shape, generator, progress=progress).float().cpu()
+                sample(
+                    model,
+                    schedule,
+                    shape,
+                    generator,
+                    num_steps=num_steps,
+                    solver=solver,
+                    eta=eta,
+                    progress=progress,
+                )
+                .float()
+                .cpu()
             )
     return torch.cat(batches).clamp(-1, 1)
 
