@@ -248,7 +248,8 @@ def sample_loop(
         x: (B, ...) x at timestep ts[0] (pure noise, for a sample from t = T).
         ts: decreasing timesteps in 1..T, ending at the target (0 for a sample); checked.
         solver: an object with step(schedule, xt, t, s, eps_pred, generator) -> x_s, e.g.
-            DDPMSolver(); a solver with memory (a multistep one) is used for one run only.
+            DDPMSolver(), or such a step function itself; a solver with memory (a multistep
+            one) serves one run only.
         generator: draws every step's noise.
         eps_hook: eps_hook(xt, t, eps_pred) -> eps_pred, called before each step (guidance).
         x_hook: x_hook(x_s, s) -> x_s, called after each step (inpainting).
@@ -259,6 +260,7 @@ def sample_loop(
         last, (ts[-1], x, x0) with x0 = x if ts[-1] = 0, else None.
     """
     ts = check_timestep_sequence(ts, schedule.num_timesteps)
+    step = getattr(solver, "step", solver)
     bar = tqdm(
         total=len(ts) - 1,
         disable=not progress,
@@ -272,7 +274,7 @@ def sample_loop(
         if eps_hook is not None:
             eps_pred = eps_hook(x, t, eps_pred)
         yield t, x, predict_x0_from_eps(schedule, x, t, eps_pred)
-        x = solver.step(schedule, x, t, s, eps_pred, generator)
+        x = step(schedule, x, t, s, eps_pred, generator)
         if x_hook is not None:
             x = x_hook(x, s)
         bar.update(1)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .losses import simple_loss
-from .sampling import p_sample
+from .sampling import sample
 from .schedules import NoiseSchedule, linear_betas
 
 
@@ -149,15 +149,12 @@ def sample_toy(
 ) -> torch.Tensor:
     """Draw n points with the reverse process: x_T ~ N(0, I), then p_sample for t = T..1.
 
-    (The general version for any data shape is chapter 07's `ddpm_lib.sampling.sample`.)
+    The library's one sampling loop (ddpm_lib.sampling.sample) with shape (n, 2).
 
     Returns:
-        (n, 2) x_0, on the schedule's device. Ho et al. Algorithm 2.
+        (n, 2) x_0, on the model's device. Ho et al. Algorithm 2.
     """
-    x = torch.randn(n, 2, generator=generator, device=schedule.device)  # x_T
-    for t in range(schedule.num_timesteps, 0, -1):
-        x = p_sample(model, schedule, x, t, generator=generator, variance=variance)
-    return x
+    return sample(model, schedule, (n, 2), generator, variance=variance, progress=False)
 
 # %% ../notebooks/05_noise_loss.ipynb #4c050ac0
 def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.05, 0.1, 0.2, 0.5, 1.0)) -> float:

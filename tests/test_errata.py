@@ -25,7 +25,7 @@ from ddpm_lib.errata import (
     strided_chain,
     variance_as_std_step,
 )
-from ddpm_lib.sampling import p_sample
+from ddpm_lib.sampling import DDPMSolver, p_sample
 from ddpm_lib.schedules import NoiseSchedule, linear_betas
 from ddpm_lib.toy2d import mmd
 
@@ -36,6 +36,14 @@ GAUSSIAN = GaussianMixtureOracle(SCHEDULE, [[MU]], S)
 MIXTURE = GaussianMixtureOracle(
     SCHEDULE, [[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]], 0.15, [0.4, 0.3, 0.2, 0.1]
 )
+PAPER_STEP = DDPMSolver().step  # Algorithm 2's step rule, as run_chain takes it
+
+
+def p_sample_chain(model, x, generator):
+    """Algorithm 2 written out with p_sample: the independent version of run_chain(PAPER_STEP)."""
+    for t in range(T, 0, -1):
+        x = p_sample(model, SCHEDULE, x, t, generator=generator)
+    return x
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -133,6 +141,13 @@ def test_blocks_draw_their_own_timestep():
         assert torch.equal(first, block(x))  # the randomness is the block's own randint
 
 
+def test_run_chain_with_the_paper_step_is_a_p_sample_loop():
+    x_T = torch.randn(300, 2, generator=torch.Generator().manual_seed(5))
+    ours = run_chain(PAPER_STEP, MIXTURE, SCHEDULE, x_T, torch.Generator().manual_seed(6))
+    plain = p_sample_chain(MIXTURE, x_T, torch.Generator().manual_seed(6))
+    torch.testing.assert_close(ours, plain, atol=0, rtol=0)
+
+
 def test_a_model_not_told_t_cannot_reach_the_oracle_loss():
     losses = noise_prediction_losses(GAUSSIAN, 3000, torch.Generator().manual_seed(0))
     assert losses["oracle, told t"] < 0.6 * losses["best without t"] < 0.6 * losses["zero"]
@@ -141,7 +156,7 @@ def test_a_model_not_told_t_cannot_reach_the_oracle_loss():
 def test_a_model_told_a_random_t_samples_the_wrong_distribution():
     gen = torch.Generator().manual_seed(0)
     x = run_chain(
-        p_sample, random_timestep_model(GAUSSIAN, T, gen), SCHEDULE, torch.randn(2000, 1), gen
+        PAPER_STEP, random_timestep_model(GAUSSIAN, T, gen), SCHEDULE, torch.randn(2000, 1), gen
     )
     assert abs(x.mean() - MU) > 0.3
 
@@ -295,7 +310,7 @@ def test_samplers_with_the_exact_oracle():
     def chain(step):
         return run_chain(step, GAUSSIAN, SCHEDULE, x_T, gen)
 
-    right = chain(p_sample)
+    right = chain(PAPER_STEP)
     assert abs(right.mean() - MU) < 0.05 and abs(right.std() - S) < 0.03
     assert chain(article_step).std() < 1e-3  # E9 + E10: every sample at the mean
     assert chain(mean_only_step).std() < 0.01  # E10
@@ -312,8 +327,8 @@ def test_strided_sampling_needs_the_right_previous_step():
     assert abs(good.mean() - MU) < 0.05 and abs(good.std() - S) < 0.06
     assert abs(bad.mean() - MU) > 0.5
     one = strided_chain(GAUSSIAN, SCHEDULE, x_T, 1, torch.Generator().manual_seed(3))
-    two = run_chain(p_sample, GAUSSIAN, SCHEDULE, x_T, torch.Generator().manual_seed(3))
-    torch.testing.assert_close(one, two, atol=1e-4, rtol=1e-4)  # stride 1 is p_sample
+    two = p_sample_chain(GAUSSIAN, x_T, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(one, two, atol=0, rtol=0)  # stride 1 is p_sample, exactly
     with pytest.raises(ValueError, match="previous"):
         strided_chain(GAUSSIAN, SCHEDULE, x_T, 10, gen, previous="t")
 
@@ -323,8 +338,9 @@ def test_article_sampler_collapses_a_mixture_to_one_point():
     data = MIXTURE.sample_data(1500, gen)
     x_T = torch.randn(1500, 2, generator=gen)
     collapsed = run_chain(article_step, MIXTURE, SCHEDULE, x_T, gen)
-    right = run_chain(p_sample, MIXTURE, SCHEDULE, x_T, gen)
-    floor = mmd(data, MIXTURE.sample_data(1500, gen))
+    right = run_chain(PAPER_STEP, MIXTURE, SCHEDULE, x_T, gen)
+    # The MMD of two finite samples of one distribution: its mean over four independent pairs.
+    floor = sum(mmd(data, MIXTURE.sample_data(1500, gen)) for _ in range(4)) / 4
     assert (collapsed - collapsed[0]).abs().max() < 1e-3
     assert mmd(right, data) < 2 * floor and mmd(collapsed, data) > 0.5
 
