@@ -21,16 +21,17 @@ def draw_noise(like: torch.Tensor, eps=None, generator: torch.Generator | None =
 def q_step(schedule: NoiseSchedule, x_prev, t, eps=None, generator=None) -> torch.Tensor:
     """One step of the forward chain: draw x_t from q(x_t | x_{t-1}).
 
-    x_t = sqrt(alpha_t) * x_{t-1} + sqrt(beta_t) * eps
+    x_t = sqrt(alpha_t) * x_{t-1} + sqrt(beta_t) * eps_t
 
     Args:
         schedule: the noise schedule, on x_prev's device.
         x_prev: (B, ...) x_{t-1}.
         t: (B,) integer timesteps in 1..T (or an int for the whole batch).
-        eps: (B, ...) standard normal noise; drawn with `generator` if None.
+        eps: (B, ...) the step noise eps_t, standard normal and fresh at each step (not the
+            total noise eps of q_sample); drawn with `generator` if None.
 
     Returns:
-        (B, ...) x_t. Book Eq. (eq-q-step); Ho et al. Eq. 2.
+        (B, ...) x_t. Book Eqs. (eq-q-step), (eq-q-step-sample); Ho et al. Eq. 2.
     """
     t = check_timesteps(t, schedule.num_timesteps, x_prev)
     eps = draw_noise(x_prev, eps, generator)

@@ -4,9 +4,12 @@
 __all__ = ['to_display', 'show_images', 'image_to_png']
 
 # %% ../notebooks/02_forward_process.ipynb #75e1b701
+import io
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from PIL import Image
 
 
 def to_display(x: torch.Tensor) -> np.ndarray:
@@ -36,11 +39,11 @@ def show_images(images: torch.Tensor, titles=None, ncols: int | None = None, sca
 
 
 def image_to_png(x: torch.Tensor, size_px: int = 160) -> bytes:
-    """One image (C, H, W) in [-1, 1] as PNG bytes, scaled up to about `size_px` pixels wide."""
-    import io
+    """One image (C, H, W) in [-1, 1] as PNG bytes, scaled up to at most `size_px` pixels wide.
 
-    from PIL import Image
-
+    The scale is the largest whole factor (at least 1) that fits, with nearest-neighbour
+    resampling, so that each pixel stays a sharp square.
+    """
     img = (to_display(x) * 255).round().astype(np.uint8)
     pil = Image.fromarray(img)
     factor = max(1, size_px // pil.width)

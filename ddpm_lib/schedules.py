@@ -58,7 +58,7 @@ class NoiseSchedule:
 
     betas: torch.Tensor  # beta_t
     alphas: torch.Tensor  # alpha_t = 1 - beta_t
-    alpha_bars: torch.Tensor  # alpha-bar_t = prod_{s<=t} alpha_s ("alphas_cumprod" elsewhere)
+    alpha_bars: torch.Tensor  # alpha-bar_t = alpha_1 * ... * alpha_t ("alphas_cumprod" elsewhere)
     sqrt_alpha_bars: torch.Tensor  # sqrt(alpha-bar_t)
     sqrt_one_minus_alpha_bars: torch.Tensor  # sqrt(1 - alpha-bar_t)
     posterior_variance: torch.Tensor  # beta-tilde_t = (1 - ab_{t-1}) / (1 - ab_t) * beta_t

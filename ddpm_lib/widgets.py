@@ -4,9 +4,11 @@
 __all__ = ['noise_slider_live', 'noise_slider_static']
 
 # %% ../notebooks/02_forward_process.ipynb #98d2aedf
+import io
 from collections.abc import Callable, Sequence
 
 import torch
+from PIL import Image
 
 from .plotting import image_to_png
 
@@ -19,18 +21,41 @@ def _ipywidgets():
     return ipywidgets
 
 
+def _picture(png: bytes):
+    """An Image widget shown at the PNG's own width, never stretched to the width of the output
+    (a bare Image in a VBox is), and shrunk to fit a narrower page."""
+    w = _ipywidgets()
+    width = Image.open(io.BytesIO(png)).width
+    layout = w.Layout(width=f"{width}px", max_width="100%", height="auto")
+    return w.Image(value=png, format="png", layout=layout)
+
+
+def _slider_layout(picture):
+    """A slider as wide as the picture under it."""
+    return _ipywidgets().Layout(width=picture.layout.width, max_width="100%")
+
+
 def noise_slider_live(
-    make_image: Callable[[int], torch.Tensor], num_timesteps: int, t0: int = 0, size_px: int = 200
+    make_image: Callable[[int], torch.Tensor], num_timesteps: int, t0: int = 0, size_px: int = 320
 ):
     """A slider over t = 0..T that shows `make_image(t)` (C, H, W), recomputed by the kernel.
 
-    Returns an ipywidgets VBox (needs a running kernel: Jupyter, Colab).
+    The picture is scaled up to at most `size_px` pixels wide (`image_to_png`), and the slider
+    is as wide as the picture.
+
+    Returns:
+        an ipywidgets VBox (needs a running kernel: Jupyter, Colab; hide it from a static page).
     """
     w = _ipywidgets()
+    image = _picture(image_to_png(make_image(t0), size_px))
     slider = w.IntSlider(
-        value=t0, min=0, max=num_timesteps, description="t", continuous_update=True
+        value=t0,
+        min=0,
+        max=num_timesteps,
+        description="t",
+        continuous_update=True,
+        layout=_slider_layout(image),
     )
-    image = w.Image(value=image_to_png(make_image(t0), size_px), format="png")
 
     def update(change):
         image.value = image_to_png(make_image(change["new"]), size_px)
@@ -39,7 +64,7 @@ def noise_slider_live(
     return w.VBox([slider, image])
 
 
-def noise_slider_static(frames: torch.Tensor, timesteps: Sequence[int], size_px: int = 200):
+def noise_slider_static(frames: torch.Tensor, timesteps: Sequence[int], size_px: int = 320):
     """A slider over `timesteps` whose pictures are precomputed, linked in the browser.
 
     Works with no kernel (a rendered book page): the slider's position selects one of the
@@ -48,6 +73,8 @@ def noise_slider_static(frames: torch.Tensor, timesteps: Sequence[int], size_px:
     Args:
         frames: (K, C, H, W) one image per timestep, in [-1, 1].
         timesteps: K timesteps, the slider's labels.
+        size_px: the pictures are scaled up to at most this many pixels wide (`image_to_png`);
+            the slider is as wide as they are.
 
     Returns:
         an ipywidgets VBox.
@@ -58,8 +85,10 @@ def noise_slider_static(frames: torch.Tensor, timesteps: Sequence[int], size_px:
             f"need one frame (C, H, W) per timestep: frames {tuple(frames.shape)}, "
             f"{len(timesteps)} timesteps"
         )
-    images = [w.Image(value=image_to_png(f, size_px), format="png") for f in frames]
-    slider = w.SelectionSlider(options=[str(t) for t in timesteps], description="t")
+    images = [_picture(image_to_png(f, size_px)) for f in frames]
+    slider = w.SelectionSlider(
+        options=[str(t) for t in timesteps], description="t", layout=_slider_layout(images[0])
+    )
     stack = w.Stack(images, selected_index=0)
     w.jslink((slider, "index"), (stack, "selected_index"))
     return w.VBox([slider, stack])

@@ -309,3 +309,45 @@ def test_moving_the_static_slider_changes_the_picture(browser, base_url):
         assert visit.problems == [] and visit.off_site == []
     finally:
         context.close()
+
+
+SLIDERS_JS = r"""() => {
+  const article = document.querySelector('article.bd-article') || document.querySelector('main');
+  return [...article.querySelectorAll('.widget-slider')].map(slider => {
+    const box = slider.parentElement;
+    const below = box.children[1];
+    // Static: the slider is linked to a stack of precomputed pictures. Live: a bare picture
+    // that only a kernel could update.
+    const stack = below && below.classList.contains('widget-box') ? below : null;
+    const shown = stack ? [...stack.querySelectorAll('img')].find(i => i.offsetParent !== null)
+                        : (below && below.tagName === 'IMG' ? below : null);
+    return {
+      static: box.classList.contains('widget-vbox') && box.children.length === 2
+              && box.children[0] === slider && stack !== null,
+      pictures: stack ? stack.querySelectorAll('img').length : 0,
+      sliderWidth: slider.getBoundingClientRect().width,
+      natural: shown ? shown.naturalWidth : 0,
+      shownWidth: shown ? shown.getBoundingClientRect().width : 0,
+    };
+  });
+}"""
+
+
+def test_chapter_02_shows_only_sliders_that_work_without_a_kernel(browser, base_url):
+    """The live slider, which needs a kernel, is hidden from the page (its cell's output is
+    tagged remove-output); every slider shown is a static one, a slider linked to a stack of
+    precomputed pictures, each picture shown at its own size (not stretched to the width of the
+    page), large enough to see (300 px and more for a 28-pixel digit), and as wide as its slider.
+    """
+    context, page, visit = open_page(browser, base_url, "notebooks/02_forward_process.html")
+    try:
+        sliders = page.evaluate(SLIDERS_JS)
+    finally:
+        context.close()
+    assert len(sliders) >= 2, "chapter 02 shows a static slider for the digit and one in colour"
+    for slider in sliders:
+        assert slider["static"], f"a slider that needs a kernel is on the static page: {slider}"
+        assert slider["pictures"] > 1
+        assert slider["shownWidth"] == slider["natural"] >= 300, slider
+        assert abs(slider["sliderWidth"] - slider["shownWidth"]) <= 2, slider
+    assert visit.problems == [] and visit.off_site == []

@@ -1,6 +1,8 @@
 """ddpm_lib.plotting and ddpm_lib.widgets: tensors in, figures and widgets out."""
 
 import io
+import json
+from pathlib import Path
 
 import matplotlib
 
@@ -69,3 +71,40 @@ def test_live_slider_recomputes():
     before = image.value
     slider.value = 15
     assert calls == [0, 15] and image.value != before
+
+
+def test_slider_pictures_are_sized_for_the_page_and_never_stretched():
+    """Each picture is shown at its PNG's width (a bare Image in a VBox would be stretched to
+    the whole output), at most size_px, by a whole factor; the slider is as wide as it."""
+    pytest.importorskip("ipywidgets")
+    digits = torch.rand(3, 1, 28, 28) * 2 - 1
+    static = noise_slider_static(digits, [0, 10, 20])
+    live = noise_slider_live(lambda t: digits[0], num_timesteps=20)
+    pair = noise_slider_static(torch.zeros(2, 3, 64, 128), [0, 1], size_px=640)
+    for box, width in [(static, 28 * 11), (live, 28 * 11), (pair, 128 * 5)]:
+        slider, shown = box.children
+        pictures = shown.children if hasattr(shown, "selected_index") else [shown]
+        for picture in pictures:
+            assert Image.open(io.BytesIO(picture.value)).width == width
+            assert picture.layout.width == f"{width}px" and picture.layout.max_width == "100%"
+        assert slider.layout.width == f"{width}px"
+    assert 28 * 11 <= 320 < 28 * 12  # the default size_px = 320: the largest whole factor
+
+
+def test_live_sliders_are_hidden_from_the_static_book():
+    """A live slider needs a kernel: every notebook cell that makes one (outside the library's
+    own definition) carries remove-output, so that the rendered book shows only sliders that
+    work there (DESIGN.md, Widgets). Jupyter and Colab ignore the tag."""
+    hidden = {"remove-output", "remove_output", "remove-cell", "remove_cell"}
+    live_cells = []  # (notebook, cell id, tags) of the cells that make a live slider
+    for nb in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            src = "".join(cell["source"])
+            if (
+                cell["cell_type"] == "code"
+                and "#| export" not in src
+                and "noise_slider_live(" in src
+            ):
+                live_cells.append((nb.name, cell["id"], cell.get("metadata", {}).get("tags", [])))
+    assert any(name.startswith("02_") for name, _, _ in live_cells), "chapter 02 has a live slider"
+    assert [cell for cell in live_cells if not hidden & set(cell[2])] == []
