@@ -13,7 +13,8 @@ from .forward import draw_noise, q_sample
 from .posterior import q_posterior_mean_variance
 from .sampling import p_mean_variance, predict_eps
 from .schedules import NoiseSchedule
-from .utils import check_timesteps, mark_range
+from .unet import UNet, check_labels, checked_once
+from .utils import check_timesteps
 
 
 def gaussian_kl(mean1, var1, mean2, var2):
@@ -61,12 +62,7 @@ def vlb_term(
         (B,) the KL in nats, summed over each item's coordinates (one sample of x_t per item).
         Book Eqs. (eq-vlb-terms), (eq-l-t-mean); Ho et al. Eqs. 5 and 8.
     """
-    t = check_timesteps(t, schedule.num_timesteps, x0)
-    if bool((t < 2).any()):
-        raise ValueError(
-            "vlb_term computes L_{t-1} for t in 2..T; at t = 1 the bound has the decoder term "
-            "L_0 = -log p(x_0 | x_1) instead of a KL"
-        )
+    t = check_timesteps(t, schedule.num_timesteps, x0, lowest=2)
     eps = draw_noise(x0, eps, generator)
     xt = q_sample(schedule, x0, t, eps)
     true_mean, true_var = q_posterior_mean_variance(schedule, x0, xt, t)
@@ -82,6 +78,7 @@ def simple_loss(
     t=None,
     eps=None,
     generator: torch.Generator | None = None,
+    labels=None,
 ):
     """The simplified DDPM loss: mean squared error between the true and the predicted noise.
 
@@ -96,18 +93,24 @@ def simple_loss(
             `generator` (before eps).
         eps: (B, ...) the noise; if None, drawn with `generator`.
         generator: a torch.Generator on x0's device, for t and eps.
+        labels: (B,) class labels for a class-conditional model (its null label for "no
+            label"); None for an unconditional one.
 
     Returns:
         a scalar tensor: the squared error averaged over the batch and every coordinate.
         Book Eq. (eq-l-simple); Ho et al. Eq. 14 and Algorithm 1.
     """
-    if t is None:
+    if isinstance(model, UNet):
+        model.check_input(x0.shape, schedule.num_timesteps)
+    labels = check_labels(labels, getattr(model, "null_label", None), x0.shape[0], x0.device)
+    if t is None:  # drawn here, so in 1..T: no check (and no read of a device value)
         t = torch.randint(
             1, schedule.num_timesteps + 1, (x0.shape[0],), generator=generator, device=x0.device
         )
-        mark_range(t, 1, schedule.num_timesteps)  # the checks below need not read t back
-    t = check_timesteps(t, schedule.num_timesteps, x0)  # (B,)
+    else:
+        t = check_timesteps(t, schedule.num_timesteps, x0)  # (B,)
     eps = draw_noise(x0, eps, generator)  # (B, ...)
     xt = q_sample(schedule, x0, t, eps)  # Eq. 4
-    eps_pred = predict_eps(model, xt, t)
+    net = checked_once(model, x0.shape, schedule.num_timesteps)
+    eps_pred = predict_eps(net, xt, t) if labels is None else net(xt, t, labels)
     return F.mse_loss(eps_pred, eps)  # Eq. 14, averaged over coordinates

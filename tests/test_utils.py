@@ -13,10 +13,11 @@ from ddpm_lib.utils import (
     check_timesteps,
     count_parameters,
     extract,
+    autocast_dtype,
+    default_precision,
     get_device,
-    mark_range,
+    precision_dtype,
     seed_everything,
-    value_range,
 )
 
 
@@ -35,7 +36,7 @@ def test_extract_rejects_bad_input():
         extract(table, torch.tensor([1, 2, 3]), (2, 1, 4, 4))
     with pytest.raises(TypeError, match="integer"):
         extract(table, torch.tensor([1.0, 2.0]), (2, 1))
-    with pytest.raises(IndexError, match="0..10"):
+    with pytest.raises(IndexError):  # t is checked before extract; on a CPU indexing still fails
         extract(table, torch.tensor([1, 11]), (2, 1))
     with pytest.raises(ValueError, match="1-D"):
         extract(table[None], torch.tensor([1]), (1, 1))
@@ -57,44 +58,46 @@ def test_check_timesteps_paper_indexing():
         check_timesteps([1, 2, 3, 4], 10, x)
 
 
-def test_value_range_reads_or_takes_the_note():
-    t = torch.tensor([4, 2, 9])
-    assert value_range(t) == (2, 9)  # read from t
-    assert mark_range(t, 1, 10) is t
-    assert value_range(t) == (1, 10)  # the note, not the values (a note is trusted)
-    t[0] = 50  # an in-place change: the note lapses
-    assert value_range(t) == (2, 50)
-    assert value_range(t[:2]) == (2, 50)  # a view is another tensor: read
-
-
-def test_checks_use_range_notes_and_still_catch_changed_tensors():
+def test_an_int_t_is_checked_without_a_tensor_and_extract_broadcasts_it():
     x = torch.zeros(3, 1, 2, 2)
-    t = check_timesteps(7, 10, x)  # made from an int: checked on the CPU, then noted
-    assert value_range(t) == (7, 7)
-    t32 = check_timesteps(torch.tensor([1, 5, 10], dtype=torch.int32), 10, x)
-    assert t32.dtype == torch.int64 and value_range(t32) == (1, 10)
-    t[1] = 11  # changed after its check: the next check reads it and refuses it
-    with pytest.raises(ValueError, match="got 7..11"):
-        check_timesteps(t, 10, x)
-    with pytest.raises(IndexError, match="got 7..11"):
-        extract(torch.arange(11.0), t, x.shape)
     with pytest.raises(ValueError, match="got 12"):
         check_timesteps(12, 10, x)  # an int out of range never becomes a tensor
+    assert check_timesteps(torch.tensor([1, 5, 10], dtype=torch.int32), 10, x).dtype == torch.int64
     empty = torch.zeros(0, 1)
     assert check_timesteps(torch.zeros(0, dtype=torch.int64), 10, empty).shape == (0,)
+    one = extract(torch.arange(11.0), 7, x.shape)
+    assert one.shape == (1, 1, 1, 1) and one.item() == 7.0
 
 
-def test_checks_work_in_inference_mode():
-    """Tensors made under inference_mode keep no version counter: no note, so they are read."""
+def test_lowest_timestep_and_the_hint_for_the_bound():
     x = torch.zeros(2, 1)
-    with torch.inference_mode():
-        t = check_timesteps(5, 10, x)
-        assert t.tolist() == [5, 5] and value_range(t) == (5, 5)
-        t[0] = 11  # an in-place change that no note could notice: the check reads t
-        with pytest.raises(ValueError, match="got 5..11"):
-            check_timesteps(t, 10, x)
-        coef = extract(torch.arange(11.0), check_timesteps(3, 10, x), x.shape)
-        assert coef.flatten().tolist() == [3.0, 3.0]
+    check_timesteps(torch.tensor([2, 10]), 10, x, lowest=2)
+    with pytest.raises(ValueError, match="2..T = 2..10.*L_0"):
+        check_timesteps(torch.tensor([1, 10]), 10, x, lowest=2)
+    with pytest.raises(ValueError, match="2..T = 2..10.*L_0"):
+        check_timesteps(1, 10, x, lowest=2)
+
+
+def test_checks_read_a_tensor_once_and_ints_never():
+    from ddpm_lib.fast import DeviceReads
+
+    x = torch.zeros(3, 1)
+    with DeviceReads() as reads:
+        check_timesteps(7, 10, x)
+        extract(torch.arange(11.0), check_timesteps(7, 10, x), x.shape)
+    assert reads.count == 0, reads.where
+    with DeviceReads() as reads:
+        extract(torch.arange(11.0), check_timesteps(torch.tensor([1, 2, 3]), 10, x), x.shape)
+    assert reads.count == 1, reads.where
+
+
+def test_precision_names_in_one_place():
+    assert precision_dtype("fp32") is None
+    assert precision_dtype("bf16") is torch.bfloat16 and precision_dtype("fp16") is torch.float16
+    with pytest.raises(ValueError, match="precision"):
+        precision_dtype("fp8")
+    assert autocast_dtype("bf16", torch.device("cpu")) is None  # a CPU runs float32
+    assert default_precision(torch.device("cpu")) == "fp32"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device (CUDA)")
