@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from .losses import simple_loss
 from .schedules import NoiseSchedule
 from .unet import UNet, UNetConfig
-from .utils import mark_range
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -575,7 +574,7 @@ def train(
                               device=device)  # fmt: skip
             eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
             mine = slice(procs.rank * share, (procs.rank + 1) * share)
-            x0, t, eps = x0[mine], mark_range(t[mine], 1, schedule.num_timesteps), eps[mine]
+            x0, t, eps = x0[mine], t[mine], eps[mine]
         step += 1
         lr = learning_rate(step, config)
         loss = train_step(net, schedule, x0, optimizer, lr, config.grad_clip, generator,
