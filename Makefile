@@ -7,13 +7,15 @@ STAMP := $(VENV)/.installed
 # Figures must reach the book: never let a headless backend setting drop them.
 unexport MPLBACKEND
 
-.PHONY: help venv export lint book test test-fast clean
+.PHONY: help venv export lint book test test-fast translations clean
 
 help:
-	@echo "make book   build the HTML book (sets up .venv, exports ddpm_lib, runs every chapter)"
+	@echo "make book   build the HTML book, English and Chinese (sets up .venv, exports ddpm_lib,"
+	@echo "            runs every chapter once)"
 	@echo "make test   every test: library, notebooks, export, book build, real browser"
 	@echo "make export re-export ddpm_lib from notebooks/ after editing a chapter"
 	@echo "make lint   ruff on the library, notebooks, tests and scripts; actionlint on the workflows"
+	@echo "make translations  update the Chinese edition's catalogues (locales/) from the English"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,7 +40,14 @@ lint: $(STAMP)
 book: $(STAMP)
 	$(BIN)/python scripts/export_library.py --check || $(MAKE) export
 	$(BIN)/python scripts/build_book.py
-	@echo "Open file://$(CURDIR)/_build/html/index.html"
+	@echo "Open file://$(CURDIR)/_build/html/index.html (中文版: file://$(CURDIR)/_build/html/zh/index.html)"
+
+# The Chinese edition's message catalogues, locales/zh_CN/LC_MESSAGES/<page>.po, brought up to
+# date with the English pages (new messages empty, changed ones fuzzy); then what is left to
+# translate. The book build reports the same list; with TRANSLATIONS_STRICT on (see
+# scripts/build_book.py) it fails on it.
+translations: $(STAMP)
+	$(BIN)/python scripts/update_translations.py
 
 # Every test. The book is built first (the browser tests read it).
 test: $(STAMP)
