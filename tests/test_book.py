@@ -263,3 +263,135 @@ def test_tables_that_cells_display_are_rendered(book_html):
     if list((ROOT / "book" / "perf").glob("*/notebook_runs.json")):
         cells = [td.get_text(strip=True) for td in page.select("div.cell_output table td")]
         assert "00_setup" in cells
+
+
+# ---- the Chinese edition (_build/html/zh, built from the same pages and locales/) -------------
+
+PO_DIR = ROOT / "locales" / "zh_CN" / "LC_MESSAGES"
+
+
+@pytest.fixture(scope="session")
+def zh_html(book_html) -> Path:
+    """The Chinese edition's folder, _build/html/zh (fails if missing or older than locales/)."""
+    index = book_html / "zh" / "index.html"
+    if not index.exists():
+        pytest.fail("the Chinese edition is missing: rebuild with `python scripts/build_book.py`")
+    built = index.stat().st_mtime
+    stale = [
+        str(po.relative_to(ROOT)) for po in PO_DIR.rglob("*.po") if po.stat().st_mtime > built
+    ]
+    if stale:
+        pytest.fail(f"_build/html/zh is older than {', '.join(stale)}: rebuild the book")
+    return book_html / "zh"
+
+
+def catalogue(page: str) -> dict[str, str]:
+    """A page's translations: msgid -> msgstr, for the messages translated and not fuzzy."""
+    from babel.messages.pofile import read_po
+
+    path = PO_DIR / f"{page}.po"
+    if not path.exists():
+        return {}
+    with path.open("rb") as f:
+        return {m.id: m.string for m in read_po(f) if m.id and m.string and not m.fuzzy}
+
+
+@pytest.mark.book
+def test_chinese_page_is_built(zh_html, toc_page):
+    page = html_of(zh_html, toc_page)
+    assert page.exists(), f"{toc_page} is in _toc.yml but {page} was not built"
+    parsed = soup(page)
+    assert parsed.find("html")["lang"] == "zh-CN"
+    title = parsed.find("h1")
+    assert title is not None and title.get_text(strip=True), f"{page} has no title"
+
+
+@pytest.mark.book
+def test_each_page_links_to_the_same_page_in_the_other_edition(book_html, zh_html, toc_page):
+    english, chinese = html_of(book_html, toc_page), html_of(zh_html, toc_page)
+    for page, other, lang in [(english, chinese, "zh-CN"), (chinese, english, "en")]:
+        parsed = soup(page)
+        links = parsed.select("p.ddpm-editions a.ddpm-edition-link")
+        assert len(links) == 1, f"{page}: expected one link to the other edition"
+        assert links[0]["hreflang"] == lang
+        assert not is_remote(links[0]["href"]), "the link must work offline (relative)"
+        assert (page.parent / links[0]["href"]).resolve() == other.resolve()
+        alternate = parsed.find("link", rel="alternate", hreflang=lang)
+        assert alternate is not None and alternate["href"] == links[0]["href"]
+
+
+@pytest.mark.book
+def test_chinese_edition_shows_the_translated_prose(book_html, zh_html):
+    """The titles that the catalogues translate are the Chinese pages' titles; the English
+    edition keeps the English."""
+    checked = 0
+    for page in load_script("check_toc").toc_files(
+        yaml.safe_load((ROOT / "_toc.yml").read_text())
+    ):
+        english_title = soup(html_of(book_html, page)).find("h1").get_text(strip=True)
+        english_title = english_title.rstrip("#").strip()
+        translation = catalogue(page).get(english_title)
+        if translation is None:
+            continue
+        chinese_title = soup(html_of(zh_html, page)).find("h1").get_text(strip=True)
+        assert chinese_title.rstrip("#").strip() == translation, page
+        checked += 1
+    assert checked >= 4, "the intro, bibliography, glossary and chapter 00 are translated"
+
+
+@pytest.mark.book
+def test_untranslated_prose_falls_back_to_english(book_html, zh_html):
+    """A heading whose message has no translation yet shows in English on the Chinese page."""
+    pages = load_script("check_toc").toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text()))
+    for page in pages:
+        translated = catalogue(page)
+        for heading in soup(html_of(book_html, page)).select("h2"):
+            text = heading.get_text(strip=True).rstrip("#").strip()
+            if text and text not in translated:
+                zh_headings = [
+                    h.get_text(strip=True).rstrip("#").strip()
+                    for h in soup(html_of(zh_html, page)).select("h2")
+                ]
+                assert text in zh_headings, f"{page}: untranslated {text!r} is not shown"
+                return
+    pytest.skip("every heading is translated")
+
+
+@pytest.mark.book
+def test_both_editions_show_the_same_math_and_outputs(book_html, zh_html, toc_page):
+    """Math and code are not translated, and the notebooks' outputs are the same run's."""
+    english, chinese = soup(html_of(book_html, toc_page)), soup(html_of(zh_html, toc_page))
+
+    def math(page):
+        return [m.get_text() for m in page.select("article .math")]
+
+    def outputs(page):
+        return [
+            (len(o.select("img")), o.get_text(" ", strip=True)[:200])
+            for o in page.select("article div.cell_output")
+        ]
+
+    assert sorted(math(chinese)) == sorted(math(english)), "the Chinese page's math differs"
+    assert outputs(chinese) == outputs(english), "the Chinese page's cell outputs differ"
+    code = [c.get_text() for c in english.select("article div.cell_input")]
+    assert [c.get_text() for c in chinese.select("article div.cell_input")] == code
+
+
+@pytest.mark.book
+def test_chinese_edition_checks(zh_html, notebook_page):
+    """The English edition's checks of a chapter page, on the Chinese edition."""
+    test_no_chapter_shows_an_execution_error(zh_html, notebook_page)
+    test_notebook_page_has_colab_button(zh_html, notebook_page)
+
+
+@pytest.mark.book
+def test_chinese_internal_links_resolve(zh_html, toc_page):
+    test_internal_links_resolve(zh_html, toc_page)
+
+
+@pytest.mark.book
+def test_chinese_edition_has_its_static_slider_math_and_bibliography(zh_html):
+    test_math_and_widgets_are_served_from_vendored_copies(zh_html)
+    test_static_slider_widget_state_is_stored(zh_html)
+    test_setup_chapter_links_to_the_notation_page(zh_html)
+    test_bibliography_lists_the_cited_papers(zh_html)

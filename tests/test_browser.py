@@ -349,3 +349,58 @@ def test_chapter_02_shows_only_sliders_that_work_without_a_kernel(browser, base_
         assert slider["shownWidth"] == slider["natural"] >= 300, slider
         assert abs(slider["sliderWidth"] - slider["shownWidth"]) <= 2, slider
     assert visit.problems == [] and visit.off_site == []
+
+
+# ---- the Chinese edition (_build/html/zh/) ------------------------------------------------------
+# The same checks on every page of the Chinese edition, which is built from the same pages with
+# the prose taken from locales/zh_CN/LC_MESSAGES/, and the language link between the editions.
+
+
+def test_chinese_page_loads_cleanly(visits, toc_page):
+    test_page_loads_cleanly(visits, f"zh/{toc_page}")
+
+
+def test_chinese_math_is_typeset(visits, toc_page):
+    """Typeset, with nothing raw, and exactly the English page's formulas (math is not
+    translated: a translation that lost or broke a formula shows here)."""
+    visit = visits(f"zh/{toc_page}")
+    assert visit.untypeset_math == [], "MathJax left these formulas untypeset"
+    assert visit.math_errors == [], "MathJax could not parse these formulas"
+    assert visit.raw_tex == [], "raw TeX is visible on the page"
+    assert visit.math_elements == visits(toc_page).math_elements
+
+
+def test_chinese_figures_and_widgets_render(visits, toc_page):
+    visit = visits(f"zh/{toc_page}")
+    assert visit.broken_images == [], "these images did not load"
+    figures = [i for i in visit.output_images if not i["widget"] and i["width"] > 0]
+    assert len(figures) >= expected_figures(toc_page)
+    assert visit.rendered_views == visit.widget_views
+
+
+def test_moving_the_static_slider_changes_the_picture_in_chinese(browser, base_url):
+    """The slider test above, on the Chinese page: everything the page loads is under zh/."""
+    test_moving_the_static_slider_changes_the_picture(browser, base_url + "zh/")
+
+
+def test_chinese_chapter_02_shows_only_sliders_that_work_without_a_kernel(browser, base_url):
+    test_chapter_02_shows_only_sliders_that_work_without_a_kernel(browser, base_url + "zh/")
+
+
+@pytest.mark.parametrize("toc_page", ["book/intro", "notebooks/02_forward_process"])
+def test_the_language_link_goes_to_the_same_page(browser, base_url, toc_page):
+    """Clicking "中文版" on an English page opens the same page in Chinese, and "English" there
+    brings the reader back."""
+    context, page, visit = open_page(browser, base_url, f"{toc_page}.html")
+    try:
+        assert page.evaluate("document.documentElement.lang") == "en"
+        with page.expect_navigation():
+            page.locator("a.ddpm-edition-link[hreflang='zh-CN']").click()
+        assert page.url == f"{base_url}zh/{toc_page}.html"
+        assert page.evaluate("document.documentElement.lang") == "zh-CN"
+        with page.expect_navigation():
+            page.locator("a.ddpm-edition-link[hreflang='en']").click()
+        assert page.url == f"{base_url}{toc_page}.html"
+        assert visit.problems == [] and visit.off_site == []
+    finally:
+        context.close()
