@@ -342,12 +342,18 @@ def test_chinese_edition_shows_the_translated_prose(book_html, zh_html):
 @pytest.mark.book
 def test_untranslated_prose_falls_back_to_english(book_html, zh_html):
     """A heading whose message has no translation yet shows in English on the Chinese page."""
+    from babel.messages.pofile import read_po
+
     pages = load_script("check_toc").toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text()))
     for page in pages:
-        translated = catalogue(page)
+        path = PO_DIR / f"{page}.po"
+        if not path.exists():
+            continue
+        with path.open("rb") as f:
+            untranslated = {m.id for m in read_po(f) if m.id and not m.string}
         for heading in soup(html_of(book_html, page)).select("h2"):
             text = heading.get_text(strip=True).rstrip("#").strip()
-            if text and text not in translated:
+            if text in untranslated:
                 zh_headings = [
                     h.get_text(strip=True).rstrip("#").strip()
                     for h in soup(html_of(zh_html, page)).select("h2")
@@ -363,7 +369,7 @@ def test_both_editions_show_the_same_math_and_outputs(book_html, zh_html, toc_pa
     english, chinese = soup(html_of(book_html, toc_page)), soup(html_of(zh_html, toc_page))
 
     def math(page):
-        return [m.get_text() for m in page.select("article .math")]
+        return [" ".join(m.get_text().split()) for m in page.select("article .math")]
 
     def outputs(page):
         return [

@@ -387,20 +387,20 @@ def test_chinese_chapter_02_shows_only_sliders_that_work_without_a_kernel(browse
     test_chapter_02_shows_only_sliders_that_work_without_a_kernel(browser, base_url + "zh/")
 
 
-@pytest.mark.parametrize("toc_page", ["book/intro", "notebooks/02_forward_process"])
-def test_the_language_link_goes_to_the_same_page(browser, base_url, toc_page):
+@pytest.mark.parametrize("page_name", ["book/intro", "notebooks/02_forward_process"])
+def test_the_language_link_goes_to_the_same_page(browser, base_url, page_name):
     """Clicking "中文版" on an English page opens the same page in Chinese, and "English" there
     brings the reader back."""
-    context, page, visit = open_page(browser, base_url, f"{toc_page}.html")
+    context, page, visit = open_page(browser, base_url, f"{page_name}.html")
     try:
         assert page.evaluate("document.documentElement.lang") == "en"
         with page.expect_navigation():
             page.locator("a.ddpm-edition-link[hreflang='zh-CN']").click()
-        assert page.url == f"{base_url}zh/{toc_page}.html"
+        assert page.url == f"{base_url}zh/{page_name}.html"
         assert page.evaluate("document.documentElement.lang") == "zh-CN"
         with page.expect_navigation():
             page.locator("a.ddpm-edition-link[hreflang='en']").click()
-        assert page.url == f"{base_url}{toc_page}.html"
+        assert page.url == f"{base_url}{page_name}.html"
         assert visit.problems == [] and visit.off_site == []
     finally:
         context.close()
