@@ -9,7 +9,7 @@ __all__ = ['gaussian_kl', 'vlb_term', 'simple_loss']
 import torch
 import torch.nn.functional as F
 
-from .forward import draw_noise, q_sample
+from .forward import draw_noise, q_sample, q_sample_unchecked
 from .posterior import q_posterior_mean_variance
 from .sampling import p_mean_variance, predict_eps
 from .schedules import NoiseSchedule
@@ -110,7 +110,7 @@ def simple_loss(
     else:
         t = check_timesteps(t, schedule.num_timesteps, x0)  # (B,)
     eps = draw_noise(x0, eps, generator)  # (B, ...)
-    xt = q_sample(schedule, x0, t, eps)  # Eq. 4
+    xt = q_sample_unchecked(schedule, x0, t, eps)  # Eq. 4; t was checked or drawn above
     net = checked_once(model, x0.shape, schedule.num_timesteps)
     eps_pred = predict_eps(net, xt, t) if labels is None else net(xt, t, labels)
     return F.mse_loss(eps_pred, eps)  # Eq. 14, averaged over coordinates

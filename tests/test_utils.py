@@ -79,7 +79,7 @@ def test_lowest_timestep_and_the_hint_for_the_bound():
 
 
 def test_checks_read_a_tensor_once_and_ints_never():
-    from ddpm_lib.fast import DeviceReads
+    from ddpm_lib.profiling import DeviceReads
 
     x = torch.zeros(3, 1)
     with DeviceReads() as reads:
