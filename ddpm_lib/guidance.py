@@ -43,8 +43,9 @@ def classifier_guidance(classifier, schedule: NoiseSchedule, labels, scale: floa
         scale: s >= 0; s = 1 is Bayes' rule exactly (the conditional score), s > 1 sharpens.
 
     Returns:
-        eps_hook(xt, t, eps_pred) -> eps_hat, for sample(..., eps_hook=...). Book Eq.
-        (eq-classifier-guidance); Dhariwal and Nichol Algorithm 2 (in eps form, their Eq. 14).
+        eps_hook(xt, t, eps_pred) -> eps_hat, for sample(..., eps_hook=...). Book Eqs.
+        (eq-bayes-score), (eq-classifier-guidance); Dhariwal and Nichol Algorithm 2 (in eps
+        form, their Eq. 14).
     """
     if scale < 0:
         raise ValueError(f"the classifier scale s must be >= 0, got {scale}")

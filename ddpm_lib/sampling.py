@@ -510,7 +510,9 @@ def ddim_step(
         noise: (B, ...) standard normal noise, needed when eta > 0 and t_prev > 0.
 
     Returns:
-        (B, ...) x_{t_prev}. Book Eqs. (eq-ddim), (eq-ddim-sigma); Song et al. Eqs. 12, 16.
+        (B, ...) x_{t_prev}. Book Eqs. (eq-ddim), (eq-ddim-sigma); Song et al. Eqs. 12, 16: the
+        step of q_sigma (Book Eq. (eq-ddim-q-sigma); Song et al. Eq. 7) with x_0 predicted; for
+        eta = 0 an Euler step of the probability-flow ODE (Book Eq. (eq-ddim-ode)).
     """
     _check_step(schedule, t, t_prev)
     if eta < 0:
