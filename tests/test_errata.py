@@ -3,6 +3,7 @@ correction really works. Toy sizes; each test runs in a few seconds on a CPU."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import ddpm_lib.errata as errata
 from ddpm_lib.errata import (
@@ -392,6 +393,24 @@ def test_huber_minimiser_is_not_the_conditional_mean():
     draws = two_modes.sample_noise_given(torch.zeros(1, 1), t_half, 20_000, torch.Generator())
     assert abs(best_constant(draws, "mse") - two_modes(torch.zeros(1, 1), t_half).item()) < 0.02
     assert abs(best_constant(draws, "huber") - best_constant(draws, "mse")) > 0.1
+
+
+def test_huber_minimiser_need_not_lie_between_the_mean_and_the_median():
+    # masses 0.1 at -100, 0.45 at 0 and 0.45 at 0.9: mean -9.595, median 0 (chapter 08)
+    x = torch.tensor([-100.0] * 2 + [0.0] * 9 + [0.9] * 9, dtype=torch.float64)
+    grid = torch.linspace(-12, 2, 140_001, dtype=torch.float64)  # steps of 1e-4
+    for delta in [0.5, 1.0, 3.0]:  # against a brute-force minimum of torch's own Huber loss
+        c_grid = grid[:, None].expand(-1, len(x))
+        losses = F.huber_loss(c_grid, x.expand_as(c_grid), delta=delta, reduction="none")
+        best = grid[losses.mean(1).argmin()].item()
+        assert best_constant(x, "huber", delta) == pytest.approx(best, abs=2e-4)
+    c = best_constant(x, "huber", 1.0)
+    assert c == pytest.approx(0.305 / 0.9, abs=1e-9)  # 0.1 + 0.45 c + 0.45 (c - 0.9) = 0
+    assert not (x.mean().item() <= c <= x.median().item())
+    assert best_constant(x, "huber", 1e-3) == pytest.approx(0.0, abs=1e-3)  # the median
+    assert best_constant(x, "huber", 1e3) == pytest.approx(x.mean().item(), abs=1e-9)  # the mean
+    symmetric = torch.tensor([-5.0, -1.0, 0.0, 1.0, 5.0], dtype=torch.float64) + 2
+    assert best_constant(symmetric, "huber", 0.5) == pytest.approx(2.0, abs=1e-9)
 
 
 def test_backward_with_the_loss_scales_the_gradient():
