@@ -183,10 +183,11 @@ def article_failures(image_size: int = 32) -> list[tuple[str, str]]:
 class GaussianMixtureOracle:
     """The exact noise prediction E[eps | x_t] for data from a Gaussian mixture (a toy, CPU).
 
-    eps_hat = sqrt(1 - ab_t) sum_k r_k(x_t) (x_t - sqrt(ab_t) mu_k) / (ab_t s_k^2 + 1 - ab_t)
+    eps_hat = sqrt(1 - ab_t) sum_k r_k(x_t) (x_t - sqrt(ab_t) mu_k) / (ab_t sigma_k^2 + 1 - ab_t)
 
-    Data: x_0 ~ sum_k w_k N(mu_k, s_k^2 I) in D dimensions; r_k(x_t) is the posterior probability
-    of component k given x_t. Called like a model: oracle(xt (B, D), t (B,) or int) -> (B, D).
+    Data: x_0 ~ sum_k w_k N(mu_k, sigma_k^2 I) in D dimensions; r_k(x_t) is the posterior
+    probability of component k given x_t. Called like a model: oracle(xt (B, D), t (B,) or int)
+    -> (B, D).
     Book Eq. (eq-oracle).
     """
 
