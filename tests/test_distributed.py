@@ -75,7 +75,7 @@ def _worker(rank: int, port: int, root: str, results) -> None:
     torch.set_num_threads(1)
     from pathlib import Path
 
-    from ddpm_lib.fast import init_distributed
+    from ddpm_lib.distributed import init_distributed
     from ddpm_lib.training import TrainConfig, train
 
     info = init_distributed("gloo")

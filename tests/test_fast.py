@@ -1,13 +1,16 @@
-"""ddpm_lib.fast: the fast path gives the plain path's numbers (exactly in float32 with the
-switches off, within stated tolerances with them on), and its measuring helpers count right.
+"""ddpm_lib.fast and ddpm_lib.profiling: the fast path gives the plain path's numbers (exactly in
+float32 with the switches off, within stated tolerances with them on), and the measuring helpers
+count right.
 
 Tolerances (CPU; a GPU run of scripts/bench_gpu.py records its own):
-- unet_forward, make_denoise_step and sample_fast in float32 without compile: exactly equal;
+- FastNet and sample_fast in float32 without compile: exactly equal (the same forward pass, the
+  same sampling loop, the same draws);
 - channels-last: 1e-5 (convolutions may add their terms in another order);
 - fused AdamW + channels-last over a few training steps: losses within 1e-4 relative;
-- bf16 autocast: one network output within 2% (relative RMS), losses within 2%, a 100-step
+- bf16 autocast: one network output within 2% (relative RMS), losses within 2%, a 20-step
   sample within 5% (relative RMS);
-- torch.compile (slow test): 1e-4.
+- torch.compile (slow test): 1e-4;
+- a CUDA graph (CUDA only): 1e-5 against the same network run eagerly.
 """
 
 import copy
@@ -16,32 +19,33 @@ import pytest
 import torch
 from conftest import tiny_unet_config
 
+from ddpm_lib import fast
 from ddpm_lib.fast import (
-    FAST_PRECISIONS,
-    DeviceReads,
+    AutocastNet,
+    CUDAGraphNet,
     FastNet,
     autocast,
-    bench_table,
+    prepare_model,
+    sample_fast,
+    sampling_net,
+)
+from ddpm_lib.profiling import (
+    DeviceReads,
     count_flops,
     host_time_per_call,
-    is_profiler_annotation,
-    kernel_profile,
-    make_denoise_step,
     matmul_tflops,
-    prepare_model,
     randomize_zero_layers,
-    sample_fast,
     time_per_call,
-    unet_forward,
 )
-from ddpm_lib.losses import simple_loss
-from ddpm_lib.sampling import VARIANCES, p_sample, sample, sample_progressive
+from ddpm_lib.sampling import sample, sample_progressive
 from ddpm_lib.schedules import NoiseSchedule, linear_betas
 from ddpm_lib.training import TrainConfig, train_step
 from ddpm_lib.unet import UNet, UNetConfig
+from ddpm_lib.utils import PRECISIONS, check_timesteps
 
 SCHEDULE = NoiseSchedule.from_betas(linear_betas(1000))
 SHORT = NoiseSchedule.from_betas(linear_betas(100, 1e-3, 0.2))
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def tiny(**overrides) -> UNetConfig:
@@ -67,14 +71,45 @@ def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
     ids=["attention", "padded", "toy", "dropout"],
 )
 @pytest.mark.parametrize("training", [False, True])
-def test_unet_forward_is_the_forward_without_checks(config, training):
+def test_fastnet_is_the_unets_forward_without_checks(config, training):
     model = random_unet(config).train(training)
     xt = torch.randn(3, config.in_channels, config.image_size, config.image_size)
     t = torch.tensor([1, 37, 1000])
     torch.manual_seed(5)  # the same dropout masks for both
     expected = model(xt, t)
     torch.manual_seed(5)
-    torch.testing.assert_close(unet_forward(model, xt, t), expected, rtol=0, atol=0)
+    torch.testing.assert_close(FastNet(model)(xt, t), expected, rtol=0, atol=0)
+
+
+def test_fastnet_runs_the_unets_own_forward_pass(monkeypatch):
+    """One forward pass in the library: FastNet calls UNet._forward, as UNet.forward does."""
+    model = random_unet(tiny())
+    calls = []
+    original = UNet._forward
+
+    def counted(self, xt, t, labels=None):
+        calls.append(labels)
+        return original(self, xt, t, labels)
+
+    monkeypatch.setattr(UNet, "_forward", counted)
+    xt, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 700])
+    torch.testing.assert_close(FastNet(model)(xt, t), model(xt, t), rtol=0, atol=0)
+    assert calls == [None, None]
+    assert not hasattr(fast, "unet_forward") and not hasattr(fast, "make_denoise_step")
+
+
+def test_fastnet_takes_labels_for_a_conditional_model():
+    model = random_unet(tiny(num_classes=3))
+    torch.nn.init.normal_(model.class_emb.weight)  # zero-initialised: make the labels matter
+    xt, t = torch.randn(4, 1, 16, 16), torch.tensor([3, 700, 5, 1000])
+    labels = torch.tensor([0, 1, 2, 3])  # 3: the null label
+    net = FastNet(model)
+    assert net.null_label == model.null_label == 3
+    torch.testing.assert_close(net(xt, t, labels), model(xt, t, labels), rtol=0, atol=0)
+    torch.testing.assert_close(net(xt, t), model(xt, t), rtol=0, atol=0)  # no label
+    assert (net(xt, t, labels) - net(xt, t)).abs().max() > 0
+    compiled = prepare_model(model, compile=True)  # torch.compile's wrapper passes it on
+    assert compiled.null_label == 3
 
 
 def test_prepare_model_shares_weights_and_converts_in_place():
@@ -100,8 +135,10 @@ def test_prepare_model_cuda_graphs_asks_compile_for_them(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda net, **kw: calls.append(kw) or net)
     prepare_model(random_unet(tiny()), compile=True)
     prepare_model(random_unet(tiny()), compile=True, cuda_graphs=True)
-    assert calls == [{"dynamic": False, "mode": None},
-                     {"dynamic": False, "mode": "reduce-overhead"}]  # fmt: skip
+    assert calls == [
+        {"dynamic": False, "mode": None},
+        {"dynamic": False, "mode": "reduce-overhead"},
+    ]
     with pytest.raises(ValueError, match="needs compile=True"):
         prepare_model(random_unet(tiny()), cuda_graphs=True)
     with pytest.raises(ValueError, match="DistributedDataParallel"):
@@ -112,17 +149,23 @@ def test_prepare_model_cuda_graphs_asks_compile_for_them(monkeypatch):
 
 def test_fastnet_calls_other_models_as_they_are():
     class Other(torch.nn.Module):
-        def forward(self, xt, t):
-            return xt * t.view(-1, 1, 1, 1)
+        def forward(self, xt, t, labels=None):
+            out = xt * t.view(-1, 1, 1, 1)
+            return out if labels is None else out + labels.view(-1, 1, 1, 1)
 
     xt = torch.randn(2, 3, 4, 4)
-    out = prepare_model(Other(), channels_last=True)(xt, torch.tensor([2, 3]))
+    net = prepare_model(Other(), channels_last=True)
+    assert net.null_label is None
+    out = net(xt, torch.tensor([2, 3]))
     torch.testing.assert_close(out, xt * torch.tensor([2.0, 3.0]).view(-1, 1, 1, 1))
+    out = net(xt, torch.tensor([2, 3]), torch.tensor([10, 20]))
+    expected = xt * torch.tensor([2.0, 3.0]).view(-1, 1, 1, 1)
+    torch.testing.assert_close(out, expected + torch.tensor([10.0, 20.0]).view(-1, 1, 1, 1))
 
 
 def test_autocast_precisions():
-    assert FAST_PRECISIONS == ("fp32", "bf16", "fp16")
     a, b = torch.randn(4, 4), torch.randn(4, 4)
+    assert PRECISIONS == ("fp32", "bf16", "fp16")  # the names, in one place (ddpm_lib.utils)
     with autocast("cpu", "fp32"):
         assert (a @ b).dtype == torch.float32
     with autocast(torch.device("cpu"), "bf16"):
@@ -131,73 +174,152 @@ def test_autocast_precisions():
         autocast("cpu", "fp64")
 
 
-@pytest.mark.parametrize("variance", VARIANCES)
-def test_denoise_step_fp32_is_p_sample_exactly(variance):
-    model = random_unet(tiny()).eval()
-    xt = torch.randn(4, 1, 16, 16)
-    step = make_denoise_step(prepare_model(model), SCHEDULE, xt.shape, variance=variance)
-    for t in (1000, 500, 2, 1):
-        z = torch.randn(xt.shape, generator=torch.Generator().manual_seed(t))
-        expected = p_sample(
-            model, SCHEDULE, xt, t, torch.Generator().manual_seed(t), variance=variance
-        )
-        torch.testing.assert_close(step(xt, t, z), expected, rtol=0, atol=0)
+def test_sampling_net_pieces_and_bad_input():
+    model = random_unet(tiny())
+    assert isinstance(sampling_net(model), FastNet) and not model.training  # eval mode
+    assert sampling_net(model).model is model  # nothing to copy
+    net = sampling_net(model, "bf16")
+    assert isinstance(net, AutocastNet) and net.net.model is model
+    net = sampling_net(model, "bf16", cast_weights=True)
+    assert isinstance(net, FastNet) and net.model is not model  # a cast copy
+    assert next(net.parameters()).dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        sampling_net(model, cuda_graph=True)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        sampling_net(model, "int8")
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        CUDAGraphNet(FastNet(model))(torch.randn(2, 1, 16, 16), torch.tensor([1, 2]))
 
 
-def test_denoise_step_bf16_within_two_percent():
+def test_sampling_net_bf16_eps_within_two_percent():
     model = random_unet(tiny(in_channels=3)).eval()
-    xt, z, t = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), 500
-    step32 = make_denoise_step(prepare_model(model), SCHEDULE, xt.shape, "fp32")
-    step16 = make_denoise_step(prepare_model(model, True), SCHEDULE, xt.shape, "bf16")
-    coef = SCHEDULE.betas[t] / SCHEDULE.sqrt_one_minus_alpha_bars[t] / SCHEDULE.alphas[t].sqrt()
-    eps_error = (step16(xt, t, z) - step32(xt, t, z)) / coef  # the network's error
+    xt, t = torch.randn(4, 3, 16, 16), torch.full((4,), 500)
     with torch.no_grad():
         eps = model(xt, t)
-    assert eps_error.abs().max() > 0  # bf16 did run
-    assert float(eps_error.pow(2).mean().sqrt() / eps.pow(2).mean().sqrt()) < 2e-2
+        for switches in [dict(), dict(channels_last=True), dict(cast_weights=True)]:
+            eps16 = sampling_net(model, "bf16", **switches)(xt, t)
+            assert eps16.dtype == torch.float32 and 0 < rel_rms(eps16, eps) < 2e-2, switches
 
 
-def test_denoise_step_bad_input():
-    net = prepare_model(random_unet(tiny()))
-    with pytest.raises(ValueError, match="variance must be one of"):
-        make_denoise_step(net, SCHEDULE, (2, 1, 16, 16), variance="learned")
-    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
-        make_denoise_step(net, SCHEDULE, (2, 1, 16, 16), cuda_graph=True)
-    with pytest.raises(ValueError, match="precision must be one of"):
-        make_denoise_step(net, SCHEDULE, (2, 1, 16, 16), "int8")
-
-
-def test_sample_fast_fp32_is_sample_exactly_and_restores_mode():
-    model = random_unet(UNetConfig.toy()).train()
-    shape = (3, 1, 14, 14)
-    expected = sample(model, SHORT, shape, torch.Generator().manual_seed(0), progress=False)
-    assert model.training
-    got = sample_fast(model, SHORT, shape, torch.Generator().manual_seed(0))  # CPU: all off
-    assert model.training
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(variance="fixed_large", num_steps=10),
+        dict(num_steps=10),
+        dict(solver="ddim", num_steps=10),
+        dict(eta=0.5, num_steps=10),
+        dict(solver="dpm_solver++", num_steps=10),
+    ],
+    ids=["ddpm", "ddpm-large", "ddpm-strided", "ddim", "ddim-eta", "dpm-solver++"],
+)
+def test_sample_fast_fp32_is_sample_exactly(options):
+    model = random_unet(tiny(num_timesteps=100))
+    shape = (3, 1, 16, 16)
+    expected = sample(
+        model, SHORT, shape, torch.Generator().manual_seed(0), progress=False, **options
+    )
+    got = sample_fast(
+        model, SHORT, shape, torch.Generator().manual_seed(0), progress=False, **options
+    )  # CPU: every switch off
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    other = sample_fast(model, SHORT, shape, torch.Generator().manual_seed(1))
-    assert (other - expected).abs().max() > 0.1  # the generator matters
+
+
+def test_sample_fast_with_guidance_is_sample_exactly():
+    model = random_unet(tiny(num_timesteps=100, num_classes=3))
+    torch.nn.init.normal_(model.class_emb.weight)
+    shape, labels = (3, 1, 16, 16), torch.tensor([0, 1, 2])
+    options = dict(labels=labels, guidance=2.0, num_steps=10, progress=False)
+    expected = sample(model, SHORT, shape, torch.Generator().manual_seed(0), **options)
+    got = sample_fast(model, SHORT, shape, torch.Generator().manual_seed(0), **options)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    unguided = sample(
+        model,
+        SHORT,
+        shape,
+        torch.Generator().manual_seed(0),
+        num_steps=10,
+        labels=labels,
+        progress=False,
+    )
+    assert (unguided - expected).abs().max() > 1e-3  # the guidance did something
+    one_label = sample_fast(
+        model, SHORT, shape, torch.Generator().manual_seed(0), **(options | dict(labels=1))
+    )
+    expected = sample(
+        model, SHORT, shape, torch.Generator().manual_seed(0), **(options | dict(labels=1))
+    )
+    torch.testing.assert_close(one_label, expected, rtol=0, atol=0)
+
+
+def test_sample_fast_restores_the_mode_and_the_generator_matters():
+    model = random_unet(tiny(num_timesteps=100)).train()
+    shape = (3, 1, 16, 16)
+    expected = sample_fast(
+        model, SHORT, shape, torch.Generator().manual_seed(0), num_steps=5, progress=False
+    )
+    assert model.training
+    model.eval()
+    sample_fast(model, SHORT, shape, torch.Generator().manual_seed(0), num_steps=5, progress=False)
+    assert not model.training
+    other = sample_fast(
+        model, SHORT, shape, torch.Generator().manual_seed(1), num_steps=5, progress=False
+    )
+    assert (other - expected).abs().max() > 0.1
+
+
+def test_sample_fast_refuses_bad_input():
+    model = random_unet(tiny(num_timesteps=100))
+    with pytest.raises(ValueError, match="the schedule has T = 1000"):
+        sample_fast(model, SCHEDULE, (2, 1, 16, 16))
+    with pytest.raises(ValueError, match=r"takes images \(B, 1, H, W\)"):
+        sample_fast(model, SHORT, (2, 3, 16, 16))
+    with pytest.raises(ValueError, match="unconditional model"):
+        sample_fast(model, SHORT, (2, 1, 16, 16), labels=torch.tensor([0, 1]))
+    conditional = random_unet(tiny(num_timesteps=100, num_classes=3))
+    with pytest.raises(ValueError, match="labels must lie in"):
+        sample_fast(conditional, SHORT, (2, 1, 16, 16), labels=torch.tensor([0, 7]))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        sample_fast(model, SHORT, (2, 1, 16, 16), precision="fp8")
 
 
 def test_sample_fast_bf16_within_five_percent():
-    model = random_unet(UNetConfig.toy())
-    shape = (4, 1, 14, 14)
-    expected = sample(model, SHORT, shape, torch.Generator().manual_seed(0), progress=False)
+    model = random_unet(tiny(num_timesteps=100))
+    shape = (4, 1, 16, 16)
+    expected = sample(
+        model, SHORT, shape, torch.Generator().manual_seed(0), num_steps=20, progress=False
+    )
     got = sample_fast(
-        model, SHORT, shape, torch.Generator().manual_seed(0), precision="bf16",
+        model,
+        SHORT,
+        shape,
+        torch.Generator().manual_seed(0),
+        precision="bf16",
         channels_last=True,
-    )  # fmt: skip
+        num_steps=20,
+        progress=False,
+    )
     assert 0 < rel_rms(got, expected) < 5e-2
 
 
 def test_sample_fast_bf16_weights_within_five_percent_and_model_untouched():
-    model = random_unet(UNetConfig.toy())
+    model = random_unet(tiny(num_timesteps=100, image_size=14))
     shape = (4, 1, 14, 14)
-    expected = sample(model, SHORT, shape, torch.Generator().manual_seed(0), progress=False)
+    expected = sample(
+        model, SHORT, shape, torch.Generator().manual_seed(0), num_steps=20, progress=False
+    )
     got = sample_fast(
-        model, SHORT, shape, torch.Generator().manual_seed(0), precision="bf16",
-        cast_weights=True, channels_last=True,
-    )  # fmt: skip
+        model,
+        SHORT,
+        shape,
+        torch.Generator().manual_seed(0),
+        precision="bf16",
+        cast_weights=True,
+        channels_last=True,
+        num_steps=20,
+        progress=False,
+    )
     assert got.dtype == torch.float32 and 0 < rel_rms(got, expected) < 5e-2
     assert all(p.dtype == torch.float32 for p in model.parameters())  # a copy was cast
     assert model.conv_in.weight.is_contiguous()  # and laid out channels-last
@@ -272,11 +394,11 @@ def test_host_time_per_call_times_each_call_alone():
 
 
 def test_device_reads_counts_only_the_package_reads():
+    x = torch.zeros(2, 1)
     with DeviceReads() as reads:
         float(torch.ones(()))  # this test's own read: not ddpm_lib's
-        # A caller's t has no range note: check_timesteps reads it once; the checks after it
-        # (q_sample's, extract's) use the note that check made.
-        simple_loss(lambda xt, t: xt, SHORT, torch.zeros(2, 1, 4, 4), t=torch.tensor([3, 4]))
+        check_timesteps(torch.tensor([3, 4]), 10, x)  # a tensor t: read once
+        check_timesteps(3, 10, x)  # an int: no read
     assert reads.count == 1, reads.where
     assert next(iter(reads.where)).startswith("ddpm_lib.utils:")
     with DeviceReads(package=__name__) as mine:
@@ -285,22 +407,56 @@ def test_device_reads_counts_only_the_package_reads():
     assert mine.count == 2
 
 
-def test_training_and_sampling_steps_never_wait_for_the_device():
+@pytest.mark.parametrize(
+    "what",
+    [
+        "training, plain model",
+        "training, fast path",
+        "sampling, plain model",
+        "sampling, fast path",
+    ],
+)
+def test_training_and_sampling_steps_never_wait_for_the_device(what):
     """On a GPU, each read of a device value stalls the queue: a step must make none."""
     model = UNet(tiny_unet_config(num_timesteps=100))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x0 = torch.rand(4, 1, 16, 16) * 2 - 1
     generator = torch.Generator().manual_seed(0)
-    for net in (model, prepare_model(copy.deepcopy(model), channels_last=True)):
+    fast_path = what.endswith("fast path")
+    if what.startswith("training"):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x0 = torch.rand(4, 1, 16, 16) * 2 - 1
+        net = prepare_model(copy.deepcopy(model), channels_last=True) if fast_path else model
         with DeviceReads() as reads:
             train_step(net, SHORT, x0, optimizer, lr=1e-3, generator=generator)
         assert reads.count == 0, reads.where
-    steps = sample_progressive(model, SHORT, (2, 1, 16, 16), generator, progress=False)
+        return
+    net = sampling_net(model, "bf16", channels_last=True) if fast_path else model
+    steps = sample_progressive(net, SHORT, (2, 1, 16, 16), generator, progress=False)
     next(steps)
     with DeviceReads() as reads:
         for _ in range(3):
             next(steps)
     assert reads.count == 0, reads.where
+
+
+def test_sample_fast_reads_only_at_its_entry():
+    """The labels are checked once (one read), at the entry; the steps read nothing."""
+    model = random_unet(tiny(num_timesteps=100, num_classes=3))
+    counts = []
+    for num_steps in (2, 10):
+        with DeviceReads() as reads:
+            sample_fast(
+                model,
+                SHORT,
+                (3, 1, 16, 16),
+                torch.Generator().manual_seed(0),
+                num_steps=num_steps,
+                labels=torch.tensor([0, 1, 2]),
+                guidance=1.0,
+                precision="bf16",
+                progress=False,
+            )
+        counts.append(reads.count)
+    assert counts == [1, 1], counts
 
 
 def test_count_flops_counts_products():
@@ -310,78 +466,11 @@ def test_count_flops_counts_products():
     assert matmul_tflops("cpu", torch.float32, n=64, iters=2) > 0
 
 
-def results(**summary):
-    meta = dict(torch="2.x", date="today", command="python scripts/bench_gpu.py", size="full",
-                gpu="Some GPU", device="cuda")  # fmt: skip
-    ok = dict(status="ok", batch=128, ms_per_step=20.0, images_per_s=6400.0, tflops=239.0,
-              frac_bf16_peak=0.34, first_call_s=40.0, host_ms_per_step=12.5,
-              syncs_per_step=0)  # fmt: skip
-    return {
-        "meta": meta,
-        "peak": {"matmul_n": 8192, "bf16_matmul_tflops": 700.0, "fp32_matmul_tflops": 50.0},
-        "train": [
-            dict(id="ours-fast", note="the fast path", **ok),
-            dict(id="diffusers-bf16-compile", status="skipped", reason="time budget", batch=128),
-            dict(id="ours-fp32", status="error", error="RuntimeError: boom", batch=128),
-        ],
-        "sample": [
-            dict(
-                id="fast",
-                status="ok",
-                images=1000,
-                num_timesteps=1000,
-                ms_per_step=5.0,
-                s_for_1000_steps=5.0,
-                s_for_1000_steps_measured=5.2,
-                speedup_vs_eager_fp32=4.0,
-                check_eps_rel_rms_diff=0.004,
-            ),
-        ],  # fmt: skip
-        "summary": summary,
-    }
+def test_distributed_helpers_keep_their_old_address_for_training():
+    from ddpm_lib import distributed
 
-
-def test_profiler_annotations_are_not_counted_as_kernels():
-    assert is_profiler_annotation("Optimizer.step#AdamW.step")
-    assert is_profiler_annotation("ProfilerStep#3")
-    assert is_profiler_annotation("## Call CompiledFxGraph fabc ##")
-    for kernel in ["void at::native::vectorized_elementwise_kernel<4, silu_kernel<float>>",
-                   "triton_red_fused_native_group_norm_22", "Memcpy DtoD (Device -> Device)",
-                   "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwc",
-                   "void at::native::elementwise_kernel<128, 4, [lambda()#1]>"]:  # fmt: skip
-        assert not is_profiler_annotation(kernel)
-    # As in the committed runs before the fix: the optimizer's range counted once more.
-    profile = {
-        "kernel_ms_per_step": 31.5, "wall_ms_per_step_profiled": 63.0,
-        "by_kind_ms": {"convolution": 20.0, "optimizer and clipping": 5.5, "other": 6.0},
-        "top_kernels": [["sm90_conv", 20.0, 3.0], ["Optimizer.step#AdamW.step", 4.5, 1.0],
-                        ["multi_tensor_apply_kernel<FusedAdamMathFunctor>", 1.0, 2.0]],
-    }  # fmt: skip
-    fixed = kernel_profile(profile)
-    assert fixed["kernel_ms_per_step"] == 27.0 and fixed["gpu_busy_fraction"] == round(27 / 63, 3)
-    assert fixed["by_kind_ms"] == {
-        "convolution": 20.0,
-        "optimizer and clipping": 1.0,
-        "other": 6.0,
-    }
-    assert [k[0] for k in fixed["top_kernels"]] == ["sm90_conv", profile["top_kernels"][2][0]]
-    assert profile["kernel_ms_per_step"] == 31.5  # the input is left as it was
-    assert kernel_profile(fixed) == fixed  # nothing left to remove
-
-
-def test_bench_table_shows_every_row_and_the_verdicts():
-    table = bench_table(
-        results(sample_fast_vs_eager_fp32=dict(ratio=4.0, target=3.0, met=True, fastest="fast"))
-    )
-    assert "**Some GPU**" in table and "python scripts/bench_gpu.py" in table
-    assert (
-        "| ours-fast (the fast path) | 128 | 20.0 | 6400 | 239.0 | 34% | 40.0 | 12.5 | 0 |"
-        in table
-    )
-    assert "skipped: time budget" in table and "error: RuntimeError: boom" in table
-    # A run from before the host columns: "-" there.
-    assert "| fast | 1000 | 5.00 | 5.0 | 5.2 | 4.00x | 4.0e-03 | - | - |" in table
-    assert "4.00x (target 3.0x: met)" in table
+    assert fast.current_distributed is distributed.current_distributed
+    assert fast.per_rank_batch is distributed.per_rank_batch
 
 
 @pytest.mark.slow
@@ -389,9 +478,118 @@ def test_compiled_fast_path_matches_on_cpu():
     """torch.compile (Inductor's C++ backend here): about a minute on a 2-core CPU."""
     model = random_unet(tiny()).eval()
     xt = torch.randn(2, 1, 16, 16)
-    net = prepare_model(model, channels_last=True, compile=True)
-    plain = make_denoise_step(prepare_model(model), SCHEDULE, xt.shape)
-    compiled = make_denoise_step(net, SCHEDULE, xt.shape)
-    for t in (900, 3):
-        z = torch.randn(xt.shape)
-        torch.testing.assert_close(compiled(xt, t, z), plain(xt, t, z), rtol=1e-4, atol=1e-4)
+    compiled = sampling_net(model, channels_last=True, compile=True)
+    with torch.no_grad():
+        for t in (900, 3):
+            t_batch = torch.full((2,), t)
+            torch.testing.assert_close(
+                compiled(xt, t_batch), model(xt, t_batch), rtol=1e-4, atol=1e-4
+            )
+
+
+# CUDA only: the CUDA graph. Nothing here runs on a CPU.
+
+
+def cuda_unet(**overrides) -> UNet:
+    return random_unet(tiny(num_timesteps=100, **overrides)).cuda().eval()
+
+
+@needs_cuda
+def test_cuda_graph_replays_the_network():
+    model = cuda_unet()
+    net = CUDAGraphNet(FastNet(model))
+    outputs = []
+    with torch.no_grad():
+        for seed in range(3):
+            g = torch.Generator("cuda").manual_seed(seed)
+            xt = torch.randn(4, 1, 16, 16, device="cuda", generator=g)
+            t = torch.randint(1, 101, (4,), device="cuda", generator=g)
+            out = net(xt, t)  # the first call records, every call replays
+            torch.testing.assert_close(out, model(xt, t), rtol=1e-5, atol=1e-5)
+            outputs.append((out, model(xt, t)))
+    assert net.graph is not None
+    for out, expected in outputs:  # each call handed back its own copy, not the buffer
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="recorded for inputs of shapes"):
+        net(torch.randn(2, 1, 16, 16, device="cuda"), torch.tensor([1, 2], device="cuda"))
+
+
+@needs_cuda
+def test_cuda_graph_with_labels():
+    model = cuda_unet(num_classes=3)
+    torch.nn.init.normal_(model.class_emb.weight)
+    net = CUDAGraphNet(FastNet(model))
+    assert net.null_label == 3
+    xt = torch.randn(4, 1, 16, 16, device="cuda")
+    t = torch.tensor([1, 50, 99, 100], device="cuda")
+    with torch.no_grad():
+        for labels in ([0, 1, 2, 3], [2, 2, 0, 1]):
+            labels = torch.tensor(labels, device="cuda")
+            torch.testing.assert_close(
+                net(xt, t, labels), model(xt, t, labels), rtol=1e-5, atol=1e-5
+            )
+        with pytest.raises(ValueError, match="recorded for inputs of shapes"):
+            net(xt, t)  # recorded with labels: they are needed
+
+
+@needs_cuda
+@pytest.mark.parametrize("solver", ["ddpm", "ddim", "dpm_solver++"])
+def test_sample_fast_cuda_graph_fp32_matches_sample(solver):
+    model = cuda_unet()
+    shape, g = (4, 1, 16, 16), lambda: torch.Generator("cuda").manual_seed(0)
+    expected = sample(model, SHORT, shape, g(), solver=solver, num_steps=20, progress=False)
+    got = sample_fast(
+        model,
+        SHORT,
+        shape,
+        g(),
+        solver=solver,
+        num_steps=20,
+        progress=False,
+        precision="fp32",
+        cuda_graph=True,
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_cuda
+def test_sample_fast_cuda_graph_with_guidance_matches_sample():
+    model = cuda_unet(num_classes=3)
+    torch.nn.init.normal_(model.class_emb.weight)
+    shape, g = (3, 1, 16, 16), lambda: torch.Generator("cuda").manual_seed(0)
+    options = dict(
+        labels=torch.tensor([0, 1, 2], device="cuda"), guidance=2.0, num_steps=20, progress=False
+    )
+    expected = sample(model, SHORT, shape, g(), **options)
+    got = sample_fast(model, SHORT, shape, g(), precision="fp32", cuda_graph=True, **options)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_cuda
+def test_sample_fast_defaults_on_cuda_within_five_percent():
+    """On CUDA the defaults are a low-precision copy of the weights and a CUDA graph."""
+    model = cuda_unet()
+    shape, g = (4, 1, 16, 16), lambda: torch.Generator("cuda").manual_seed(0)
+    expected = sample(model, SHORT, shape, g(), progress=False)
+    got = sample_fast(model, SHORT, shape, g(), progress=False)
+    assert got.dtype == torch.float32 and 0 < rel_rms(got, expected) < 5e-2
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@needs_cuda
+def test_cuda_graph_sampling_steps_never_wait_for_the_device():
+    model = cuda_unet()
+    generator = torch.Generator("cuda").manual_seed(0)
+    net = sampling_net(model, "bf16", cast_weights=True, channels_last=True, cuda_graph=True)
+    steps = sample_progressive(net, SHORT.to("cuda"), (2, 1, 16, 16), generator, progress=False)
+    next(steps)  # records the graph
+    next(steps)
+    torch.cuda.synchronize()
+    with DeviceReads() as reads:
+        torch.cuda.set_sync_debug_mode("error")  # any wait for the GPU raises
+        try:
+            for _ in range(3):
+                next(steps)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert reads.count == 0, reads.where

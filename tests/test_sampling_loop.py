@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ddpm_lib.fast import randomize_zero_layers
 from ddpm_lib.posterior import predict_x0_from_eps
+from ddpm_lib.profiling import randomize_zero_layers
 from ddpm_lib.sampling import p_sample, sample, sample_progressive
 from ddpm_lib.schedules import NoiseSchedule, linear_betas
 from ddpm_lib.unet import UNet, UNetConfig

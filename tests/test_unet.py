@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import tiny_unet_config
 
-from ddpm_lib.fast import randomize_zero_layers
+from ddpm_lib.profiling import randomize_zero_layers
 from ddpm_lib.unet import Attention, ResBlock, UNet, UNetConfig, timestep_embedding
 from ddpm_lib.utils import count_parameters
 
