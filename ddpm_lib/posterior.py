@@ -31,8 +31,8 @@ def q_posterior_mean_variance(schedule: NoiseSchedule, x0, xt, t):
     t = check_timesteps(t, schedule.num_timesteps, xt)
     coef_x0 = extract(schedule.posterior_coef_x0, t, xt.shape)  # (B, 1, ..., 1)
     coef_xt = extract(schedule.posterior_coef_xt, t, xt.shape)
-    mean = coef_x0 * x0 + coef_xt * xt  # Eq. 7
-    variance = extract(schedule.posterior_variance, t, xt.shape)  # Eq. 7
+    mean = coef_x0 * x0 + coef_xt * xt  # Ho et al. Eq. 7
+    variance = extract(schedule.posterior_variance, t, xt.shape)  # Ho et al. Eq. 7
     return mean, variance
 
 # %% ../notebooks/04_reverse_posterior.ipynb #a89e724c
