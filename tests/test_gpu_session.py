@@ -29,14 +29,20 @@ def test_session_script_runs_both_steps_on_a_cpu(tmp_path):
         NOTEBOOK_ARGS="--size toy notebooks/01_markov_chain.ipynb",
     )
     proc = subprocess.run(
-        ["bash", "scripts/gpu_session.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+        ["bash", "scripts/gpu_session.sh"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "bench rc=0" in proc.stdout and "notebooks rc=0" in proc.stdout, proc.stdout[-3000:]
     assert "torch" in (out / "machine.txt").read_text()
     bench = json.loads((out / "bench" / "bench_gpu_cpu_tiny.json").read_text())
     assert [r["id"] for r in bench["train"] if r["status"] == "ok"] == ["ours-fp32"]
+    log = (out / "bench" / "bench_gpu.log").read_text()  # the benchmark's whole output
+    assert "| training |" in log and "| ours-fp32 (the library's default path) |" in log
     runs = json.loads((out / "notebooks" / "notebook_runs.json").read_text())
     assert [(r["notebook"], r["status"]) for r in runs["notebooks"]] == [("01_markov_chain", "ok")]
     with tarfile.open(out / "executed_notebooks.tar.gz") as archive:
@@ -45,10 +51,22 @@ def test_session_script_runs_both_steps_on_a_cpu(tmp_path):
 
 
 def test_a_zero_budget_skips_a_step(tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path), PY=sys.executable, BENCH_S="0", NOTEBOOKS_S="0",
-               WHEELS=str(tmp_path / "no-wheels"))  # fmt: skip
-    proc = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    env = dict(
+        os.environ,
+        OUT=str(tmp_path),
+        PY=sys.executable,
+        BENCH_S="0",
+        NOTEBOOKS_S="0",
+        WHEELS=str(tmp_path / "no-wheels"),
+    )
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_session.sh"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "bench rc" not in proc.stdout and "notebooks rc" not in proc.stdout
     assert (tmp_path / "machine.txt").exists() and not (tmp_path / "bench").exists()
