@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
+from ddpm_lib.errata import GaussianMixtureOracle
 from ddpm_lib.forward import q_sample
 from ddpm_lib.posterior import predict_x0_from_eps, q_posterior_mean_variance
+from ddpm_lib.sampling import p_mean_variance
 from ddpm_lib.schedules import NoiseSchedule, cosine_betas, linear_betas
 
 SCHEDULE = NoiseSchedule.from_betas(linear_betas(1000))
@@ -107,6 +109,29 @@ def test_eps_parameterised_mean_with_the_true_noise_is_the_posterior_mean():
     mean_eps = (xt.double() - coef * eps.double()) / alphas[t].sqrt()[:, None]
     mean, _ = q_posterior_mean_variance(SCHEDULE, x0, xt, t)
     torch.testing.assert_close(mean.double(), mean_eps, atol=3e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("t", [2, 5, 50, 400, T])
+def test_the_oracle_in_eq_11_gives_the_true_reverse_mean_of_a_mixture(t):
+    # Book Eq. (eq-oracle-mean): with eps_theta = E[eps | x_t], mu_theta = E[x_{t-1} | x_t], for
+    # non-Gaussian data too. Exact side: per component k, (x_{t-1}, x_t) is a Gaussian pair
+    # (Book Eq. (eq-gaussian-conditioning)), weighted by p(k | x_t); float64 throughout.
+    weights, means, stds = [0.7, 0.3], [-1.0, 1.2], [0.2, 0.4]
+    oracle = GaussianMixtureOracle(SCHEDULE, [[m] for m in means], stds, weights)
+    xt = torch.linspace(-3, 3, 61)[:, None]
+    mean_theta, _ = p_mean_variance(oracle, SCHEDULE, xt, t)
+    _, alphas, alpha_bars = float64_tables(linear_betas(1000))
+    x = xt.double()[:, 0]
+    log_r, cond_means = [], []
+    for w, m, sd in zip(weights, means, stds, strict=True):
+        v_prev, v_t = (alpha_bars[[t - 1, t]] * sd**2 + 1 - alpha_bars[[t - 1, t]]).unbind()
+        mean_t = alpha_bars[t].sqrt() * m
+        log_r.append(math.log(w) - 0.5 * (x - mean_t) ** 2 / v_t - 0.5 * torch.log(v_t))
+        slope = alphas[t].sqrt() * v_prev / v_t  # Cov(x_{t-1}, x_t | k) / Var(x_t | k)
+        cond_means.append(alpha_bars[t - 1].sqrt() * m + slope * (x - mean_t))
+    r = torch.stack(log_r).softmax(0)  # p(k | x_t)
+    exact = (r * torch.stack(cond_means)).sum(0)
+    torch.testing.assert_close(mean_theta.double()[:, 0], exact, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("bad_t", [0, -1, T + 1])
