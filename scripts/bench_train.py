@@ -34,8 +34,7 @@ class TrainVariant:
     id: str
     model: str  # "ours" (ddpm_lib's UNet) or "diffusers"
     precision: str  # "fp32", or "bf16" autocast
-    fast: bool = False  # through ddpm_lib.fast.prepare_model (no checks, the switches); else
-    # the model itself, compiled as a user would if asked
+    fast: bool = False  # through fast.prepare_model (no checks); else the model itself
     channels_last: bool = False
     compile: bool | str = False  # True, or "graphs": with CUDA graphs (mode "reduce-overhead")
     fused_adamw: bool = False
