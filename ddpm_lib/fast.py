@@ -182,18 +182,21 @@ class CUDAGraphNet(nn.Module):
 
     @torch.no_grad()
     def _record(self, inputs: tuple[torch.Tensor, ...]) -> None:
-        if inputs[0].device.type != "cuda":
-            raise ValueError(f"CUDA graphs need a CUDA device; the input is on {inputs[0].device}")
+        device = inputs[0].device
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device; the input is on {device}")
         self.static_in = [x.clone() for x in inputs]  # the buffers the graph reads
-        side = torch.cuda.Stream(inputs[0].device)
-        side.wait_stream(torch.cuda.current_stream(inputs[0].device))
+        # Warm up and record on one side stream: the libraries' per-stream handles and
+        # workspaces (cuBLAS, cuDNN) are then made before the capture, not inside it.
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))  # the clones above are made
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
                 self.net(*self.static_in)
-        torch.cuda.current_stream(inputs[0].device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=side):  # it first waits for the device to finish
             self.static_out = self.net(*self.static_in)
+        torch.cuda.current_stream(device).wait_stream(side)
         self.graph = graph
 
 

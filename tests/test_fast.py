@@ -566,12 +566,18 @@ def test_sample_fast_cuda_graph_with_guidance_matches_sample():
 
 
 @needs_cuda
-def test_sample_fast_defaults_on_cuda_within_five_percent():
+def test_sample_fast_defaults_on_cuda_within_five_percent(monkeypatch):
     """On CUDA the defaults are a low-precision copy of the weights and a CUDA graph."""
+    recorded = []
+    record = CUDAGraphNet._record
+    monkeypatch.setattr(
+        CUDAGraphNet, "_record", lambda self, x: recorded.append(1) or record(self, x)
+    )
     model = cuda_unet()
     shape, g = (4, 1, 16, 16), lambda: torch.Generator("cuda").manual_seed(0)
-    expected = sample(model, SHORT, shape, g(), progress=False)
-    got = sample_fast(model, SHORT, shape, g(), progress=False)
+    expected = sample(model, SHORT, shape, g(), num_steps=20, progress=False)
+    got = sample_fast(model, SHORT, shape, g(), num_steps=20, progress=False)
+    assert recorded == [1]  # one graph, recorded once, replayed at every step
     assert got.dtype == torch.float32 and 0 < rel_rms(got, expected) < 5e-2
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
