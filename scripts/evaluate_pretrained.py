@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))  # use this checkout's ddpm_lib
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ddpm_lib.checkpoints import load_checkpoint, pretrained_path  # noqa: E402
 from ddpm_lib.metrics import (  # noqa: E402
     draw_digits,
     from_uint8,
@@ -30,8 +31,7 @@ from ddpm_lib.metrics import (  # noqa: E402
     quality_table,
     to_uint8,
 )
-from ddpm_lib.training import autocast_dtype, load_checkpoint, pretrained_path  # noqa: E402
-from ddpm_lib.utils import get_device  # noqa: E402
+from ddpm_lib.utils import autocast_dtype, get_device  # noqa: E402
 
 
 def print_table(table: dict) -> None:

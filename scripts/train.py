@@ -3,12 +3,18 @@
     python scripts/train.py --preset mnist --data mnist --out runs/mnist --max-minutes 30
     python scripts/train.py --preset toy --data mini_mnist --out runs/toy --steps 50
     python scripts/train.py --preset toy --data my_images/ --out runs/mine --steps 50
+    python scripts/train.py --preset mnist_conditional --data mnist --out runs/mnist_conditional
+    python scripts/train.py --preset toy --conditional --out runs/toy_conditional --steps 50
     torchrun --nproc_per_node 4 scripts/train.py --preset ddpm_cifar10 --out runs/cifar10
 
 Under torchrun, each of the processes (one per GPU) trains on its share of every batch of
 --batch-size images (the global batch, whatever the number of processes) with
 DistributedDataParallel, and only process 0 prints and writes files (chapter 20). The fast path's
 switches (--channels-last, --compile, --fused-adam) are off by default.
+
+A class-conditional preset (mnist_conditional), or any preset with --conditional, trains on the
+data set's labels (a folder needs one subfolder per class), with label dropout for
+classifier-free guidance (chapter 10): --label-dropout, or the preset's (0.1 if it has none).
 
 Writes into --out: log.jsonl (one JSON record per log line: step, loss, lr, images/s),
 checkpoint/ (EMA weights + config + training state; the run resumes from it when the command is
@@ -35,24 +41,30 @@ sys.path.insert(0, str(ROOT))  # use this checkout's ddpm_lib
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ddpm_lib.batches import fit_images  # noqa: E402
+from ddpm_lib.checkpoints import export_checkpoint, load_checkpoint, save_image_grid  # noqa: E402
 from ddpm_lib.data import DATASETS, load_images  # noqa: E402
-from ddpm_lib.fast import init_distributed  # noqa: E402
+from ddpm_lib.distributed import init_distributed  # noqa: E402
+from ddpm_lib.sampling import sample  # noqa: E402
 from ddpm_lib.schedules import NoiseSchedule, linear_betas  # noqa: E402
-from ddpm_lib.training import (  # noqa: E402
-    PRECISIONS,
-    PRESETS,
-    autocast_dtype,
-    export_checkpoint,
-    fit_images,
-    load_checkpoint,
-    preset,
-    save_image_grid,
-    train,
-)
+from ddpm_lib.training import PRESETS, preset, train  # noqa: E402
 from ddpm_lib.unet import UNet  # noqa: E402
-from ddpm_lib.utils import count_parameters, get_device, seed_everything  # noqa: E402
+from ddpm_lib.utils import (  # noqa: E402
+    PRECISIONS,
+    autocast_dtype,
+    count_parameters,
+    default_precision,
+    get_device,
+    seed_everything,
+)
 
-DEFAULT_DATA = {"toy": "mini_mnist", "mnist": "mnist", "ddpm_cifar10": "cifar10"}
+DEFAULT_DATA = {
+    "toy": "mini_mnist",
+    "mnist": "mnist",
+    "mnist_conditional": "mnist",
+    "ddpm_cifar10": "cifar10",
+}
+CFG_LABEL_DROPOUT = 0.1  # --conditional's label dropout for a preset without one
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,6 +87,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="auto",
         help="auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on a CPU",
     )
+    p.add_argument(
+        "--conditional",
+        action="store_true",
+        help="train a class-conditional U-Net on the data's labels (implied by a conditional "
+        "preset such as mnist_conditional)",
+    )
+    p.add_argument(
+        "--label-dropout",
+        type=float,
+        help="probability of training a step's label as 'no label' (classifier-free guidance); "
+        f"default: the preset's, or {CFG_LABEL_DROPOUT} with --conditional",
+    )
     p.add_argument("--channels-last", action="store_true", help="fast path: channels-last")
     p.add_argument("--compile", action="store_true", help="fast path: torch.compile the U-Net")
     p.add_argument("--fused-adam", action="store_true", help="fast path: fused AdamW")
@@ -94,14 +118,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.data is not None and args.data not in DATASETS and not Path(args.data).is_dir():
         p.error(f"--data {args.data!r} is neither a data set ({', '.join(DATASETS)}) nor a folder")
     return args
-
-
-def pick_precision(requested: str, device: torch.device) -> str:
-    if requested != "auto":
-        return requested
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16"
 
 
 def hardware(device: torch.device) -> str:
@@ -129,21 +145,36 @@ def main(argv=None) -> int:
         "sample_every": args.sample_every, "num_sample_images": args.sample_images,
     }  # fmt: skip
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    config = replace(config, seed=args.seed, precision=pick_precision(args.precision, device),
+    precision = default_precision(device) if args.precision == "auto" else args.precision
+    config = replace(config, seed=args.seed, precision=precision,
                      channels_last=args.channels_last, compile=args.compile,
                      fused_adam=args.fused_adam)  # fmt: skip
+    conditional = args.conditional or unet_config.num_classes is not None
     data_name = args.data or DEFAULT_DATA[args.preset]
 
     if procs.world_size > 1 and not procs.is_main:
         torch.distributed.barrier()  # let process 0 download the data set first
     if data_name in DATASETS:
-        images = load_images(data_name, "train")
+        loaded = load_images(data_name, "train", return_labels=conditional)
     else:  # a folder of images, read at the model's size and channels
-        images = load_images(
-            Path(data_name), image_size=unet_config.image_size, channels=unet_config.in_channels
+        loaded = load_images(
+            Path(data_name),
+            image_size=unet_config.image_size,
+            channels=unet_config.in_channels,
+            return_labels=conditional,
         )
     if procs.world_size > 1 and procs.is_main:
         torch.distributed.barrier()
+    images, labels = loaded if conditional else (loaded, None)
+    if conditional:
+        num_classes = unet_config.num_classes or int(labels.max()) + 1
+        unet_config = replace(unet_config, num_classes=num_classes)
+        dropout = args.label_dropout
+        if dropout is None:
+            dropout = config.label_dropout or CFG_LABEL_DROPOUT
+        config = replace(config, label_dropout=dropout)
+    elif args.label_dropout:
+        sys.exit("--label-dropout drops class labels: use it with --conditional")
     if images.shape[1] != unet_config.in_channels:
         sys.exit(f"{data_name} has {images.shape[1]} channel(s); the {args.preset} preset takes "
                  f"{unet_config.in_channels}")  # fmt: skip
@@ -152,21 +183,28 @@ def main(argv=None) -> int:
     model = UNet(unet_config).to(device)
     budget = f" or {config.max_minutes} min" if config.max_minutes else ""
     processes = f" x {procs.world_size} processes" if procs.world_size > 1 else ""
+    classes = (
+        f"; class-conditional on {unet_config.num_classes} classes, label dropout "
+        f"{config.label_dropout}"
+        if conditional
+        else ""
+    )
     say(
         f"preset {args.preset}: {count_parameters(model):,d} parameters; data {data_name} "
-        f"{tuple(data.shape)}; {device} ({hardware(device)}){processes}, {config.precision}; "
-        f"up to {config.num_steps} steps{budget}",
+        f"{tuple(data.shape)}{classes}; {device} ({hardware(device)}){processes}, "
+        f"{config.precision}; up to {config.num_steps} steps{budget}",
         flush=True,
     )
 
-    history = train(model, schedule, data, config, out_dir=args.out,
-                    resume=not args.no_resume, progress=not args.no_progress)  # fmt: skip
+    history = train(model, schedule, data, config, out_dir=args.out, resume=not args.no_resume,
+                    progress=not args.no_progress, labels=labels)  # fmt: skip
     train_seconds = history.records[-1]["elapsed_s"] if history.records else 0.0
     rates = [r["images_per_s"] for r in history.records[1:]] or [0.0]
     summary = {
         "command": "python scripts/train.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "preset": args.preset,
         "data": data_name,
+        "num_classes": unet_config.num_classes,
         "steps": history.step,
         "stopped_by": history.stopped,
         "train_wall_time_s": round(train_seconds, 1),
@@ -195,13 +233,14 @@ def export(args, history, summary, device, config, started) -> None:
     (dest / "run.json").write_text(json.dumps(summary, indent=1) + "\n")  # again at the end
     model, schedule, _ = load_checkpoint(dest, device=device)  # the shipped float16 weights
     amp_dtype = autocast_dtype(config.precision, device)
-    n = config.num_sample_images or 64
+    n, num_classes = config.num_sample_images or 64, model.config.num_classes
     shape = (n, model.config.in_channels, model.config.image_size, model.config.image_size)
     generator = torch.Generator(device=device).manual_seed(0)
-    from ddpm_lib.sampling import sample
-
+    labels = None if num_classes is None else torch.arange(n, device=device) % num_classes
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        grid = sample(model, schedule, shape, generator, progress=not args.no_progress)
+        grid = sample(
+            model, schedule, shape, generator, labels=labels, progress=not args.no_progress
+        )
     save_image_grid(grid, dest / "samples.png")
     print("wrote", dest / "samples.png", flush=True)
     if args.eval_samples > 0:

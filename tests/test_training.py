@@ -1,9 +1,13 @@
-"""ddpm_lib.training: configs, the training step, EMA, checkpoints, resuming, the command line."""
+"""ddpm_lib.training: configs and presets, the training step, EMA, the loop (logs, grids,
+resuming, label dropout, stopping on NaN or inf without harm to the checkpoint), the command
+line (a folder of images, class labels, kill -9 and resume)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,60 +16,31 @@ import pytest
 import torch
 from conftest import load_script
 from PIL import Image
+from training_setup import T, new_model, tiny_data, tiny_run, tiny_schedule
 
+import ddpm_lib.training as training
+from ddpm_lib.checkpoints import load_checkpoint
 from ddpm_lib.losses import simple_loss
+from ddpm_lib.profiling import DeviceReads
 from ddpm_lib.schedules import NoiseSchedule, linear_betas
-from ddpm_lib.training import (
-    EMA,
-    TrainConfig,
-    export_checkpoint,
-    fit_images,
-    learning_rate,
-    load_checkpoint,
-    load_pretrained,
-    preset,
-    save_checkpoint,
-    save_image_grid,
-    train,
-    train_step,
-)
-from ddpm_lib.unet import UNet, UNetConfig
-from ddpm_lib.utils import count_parameters
+from ddpm_lib.training import EMA, TrainConfig, learning_rate, preset, train, train_step
+from ddpm_lib.unet import UNetConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-T = 10  # a short chain keeps sampling (the end-of-run grids) cheap
-
-
-def tiny_config(**overrides) -> UNetConfig:
-    fields = dict(
-        image_size=8, in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-        attention_resolutions=(), dropout=0.0, num_groups=4, num_timesteps=T,
-    )  # fmt: skip
-    return UNetConfig(**(fields | overrides))
-
-
-def tiny_run(**overrides) -> TrainConfig:
-    fields = dict(
-        num_steps=6, batch_size=8, lr=1e-3, warmup_steps=2, ema_decay=0.9, log_every=2,
-        checkpoint_every=0, num_sample_images=4,
-    )  # fmt: skip
-    return TrainConfig(**(fields | overrides))
 
 
 @pytest.fixture
 def schedule():
-    return NoiseSchedule.from_betas(linear_betas(T, 1e-3, 0.2))
+    return tiny_schedule()
 
 
 @pytest.fixture
 def data():
-    gen = torch.Generator().manual_seed(0)
-    return torch.rand((32, 1, 8, 8), generator=gen) * 2 - 1
+    return tiny_data()
 
 
-def new_model(seed: int = 0, **overrides) -> UNet:
-    torch.manual_seed(seed)
-    return UNet(tiny_config(**overrides))
+def folder_bytes(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def test_defaults_are_the_papers():
@@ -77,9 +52,19 @@ def test_defaults_are_the_papers():
 
 
 def test_presets_and_bad_configs():
-    for name in ["toy", "mnist", "ddpm_cifar10"]:
+    for name in ["toy", "mnist", "mnist_conditional", "ddpm_cifar10"]:
         unet_config, train_config = preset(name)
         assert isinstance(unet_config, UNetConfig) and isinstance(train_config, TrainConfig)
+        assert (unet_config.num_classes is None) == (train_config.label_dropout == 0)
+    unet_config, train_config = preset("mnist_conditional")
+    assert unet_config == replace(UNetConfig.mnist(), num_classes=10)
+    assert train_config == replace(TrainConfig.mnist(), label_dropout=0.1)
+    with pytest.raises(ValueError, match="label_dropout"):
+        TrainConfig(label_dropout=1.0)
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        TrainConfig(lr=-1e-4)
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        TrainConfig(lr=float("nan"))
     assert not TrainConfig.mnist().random_flip and not TrainConfig.toy().random_flip
     with pytest.raises(ValueError, match="unknown preset"):
         preset("huge")
@@ -134,67 +119,8 @@ def test_train_step_overfits_one_batch(schedule, data):
         assert loss.shape == () and not loss.requires_grad
     assert before == pytest.approx(1.0, abs=0.2)  # the untrained net predicts zero noise
     assert fixed_loss() < 0.3 * before
-
-
-def test_checkpoint_round_trip_and_float16_export(tmp_path, schedule, data):
-    model = new_model()
-    history = train(model, schedule, data, tiny_run(), out_dir=tmp_path / "run", progress=False)
-    loaded, loaded_schedule, info = load_checkpoint(tmp_path / "run" / "checkpoint")
-    assert info["step"] == 6 and info["weights"] == "ema" and info["dtype"] == "float32"
-    assert loaded.config == model.config and not loaded.training
-    for name in ["betas", "alpha_bars", "posterior_variance"]:
-        assert torch.equal(getattr(loaded_schedule, name), getattr(schedule, name))
-    x = torch.randn(3, 1, 8, 8)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x, 5), history.ema.model(x, 5), atol=0, rtol=0)
-    # Into a model of the same config.
-    same, _, _ = load_checkpoint(tmp_path / "run" / "checkpoint", model=new_model(seed=5))
-    with torch.no_grad():
-        torch.testing.assert_close(same(x, 5), loaded(x, 5), atol=0, rtol=0)
-    # The float16 export: half the size, the same network up to float16 rounding.
-    dest = export_checkpoint(tmp_path / "run" / "checkpoint", tmp_path / "export", extra={"a": 1})
-    small, _, small_info = load_checkpoint(dest)
-    assert small_info["dtype"] == "float16" and small_info["extra"]["a"] == 1
-    assert small_info["weights"] == "ema" and small_info["step"] == 6
-    assert not (dest / "train_state.safetensors").exists()
-    big = (tmp_path / "run" / "checkpoint" / "model.safetensors").stat().st_size
-    assert (dest / "model.safetensors").stat().st_size < 0.6 * big
-    assert next(small.parameters()).dtype == torch.float32
-    with torch.no_grad():
-        torch.testing.assert_close(small(x, 5), loaded(x, 5), atol=2e-3, rtol=2e-2)
-
-
-def test_save_checkpoint_without_training(tmp_path, schedule):
-    model = new_model()
-    save_checkpoint(tmp_path / "ckpt", model, schedule, step=3, extra={"note": "hi"})
-    loaded, _, info = load_checkpoint(tmp_path / "ckpt")
-    assert info["weights"] == "model" and info["extra"] == {"note": "hi"} and info["step"] == 3
-    names = {p.name for p in (tmp_path / "ckpt").iterdir()}
-    assert names == {"model.safetensors", "config.json"}
-    # Saving again replaces the folder atomically, leaving no temporary folder behind.
-    save_checkpoint(tmp_path / "ckpt", model, schedule, step=4)
-    assert load_checkpoint(tmp_path / "ckpt")[2]["step"] == 4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
-
-
-def test_load_checkpoint_refuses_a_mismatch(tmp_path, schedule):
-    save_checkpoint(tmp_path / "ckpt", new_model(), schedule)
-    with pytest.raises(
-        ValueError, match=r"different U-Net: base_channels \(checkpoint 8, model 16"
-    ):
-        load_checkpoint(tmp_path / "ckpt", model=new_model(base_channels=16))
-    with pytest.raises(ValueError, match="num_timesteps"):
-        load_checkpoint(tmp_path / "ckpt", model=new_model(num_timesteps=1000))
-    with pytest.raises(FileNotFoundError, match="no config.json"):
-        load_checkpoint(tmp_path / "nowhere")
-    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config | {"format": "other"}))
-    with pytest.raises(ValueError, match="format"):
-        load_checkpoint(tmp_path / "ckpt")
-    config["unet"]["colour"] = "blue"
-    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="cannot read"):
-        load_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(TypeError):  # after the optimizer, arguments are named
+        train_step(model, schedule, batch, opt, 3e-3)
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, schedule, data):
@@ -244,6 +170,133 @@ def test_train_writes_log_and_sample_grids(tmp_path, schedule, data):
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
 
 
+def test_resume_after_a_save_killed_between_its_renames(tmp_path, schedule, data):
+    """The run's folder as a save killed mid-swap leaves it (no checkpoint/, a whole
+    checkpoint.tmp of step 6, checkpoint.old of step 4): train resumes from step 6, cleaned."""
+    run = tmp_path / "run"
+    train(new_model(), schedule, data, tiny_run(num_steps=4), run, progress=False)
+    train(new_model(), schedule, data, tiny_run(num_steps=6), tmp_path / "later", progress=False)
+    (run / "checkpoint").rename(run / "checkpoint.old")
+    (tmp_path / "later" / "checkpoint").rename(run / "checkpoint.tmp")
+    history = train(new_model(), schedule, data, tiny_run(num_steps=8), run, progress=False)
+    assert history.steps == [8]  # resumed at step 6
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "log.jsonl", "samples"]
+    assert load_checkpoint(run / "checkpoint")[2]["step"] == 8
+
+
+def test_nan_in_the_data_of_a_resumed_run_is_refused_and_the_checkpoint_kept(
+    tmp_path, schedule, data
+):
+    train(new_model(), schedule, data, tiny_run(num_steps=4), tmp_path, progress=False)
+    before = folder_bytes(tmp_path / "checkpoint")
+    broken = data.clone()
+    broken[7, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="training data hold NaN or inf"):
+        train(new_model(), schedule, broken, tiny_run(num_steps=8), tmp_path, progress=False)
+    assert folder_bytes(tmp_path / "checkpoint") == before
+
+
+def test_a_diverging_learning_rate_stops_training_and_keeps_the_last_good_checkpoint(
+    tmp_path, schedule, data
+):
+    """Resumed at a learning rate of 1e30, the weights blow up within a few steps; the loss
+    read at the next log step stops the run, naming the first step whose loss was NaN or inf,
+    and the checkpoint of step 4 is left as it was."""
+    good = tiny_run(num_steps=4, checkpoint_every=2)
+    train(new_model(), schedule, data, good, tmp_path, progress=False)
+    before = folder_bytes(tmp_path / "checkpoint")
+    diverging = tiny_run(num_steps=40, lr=1e30, log_every=10, checkpoint_every=10)
+    with pytest.raises(FloatingPointError, match=r"NaN or inf at step (\d+).*step 4\. Lower"):
+        train(new_model(), schedule, data, diverging, tmp_path, progress=False)
+    assert folder_bytes(tmp_path / "checkpoint") == before
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4]  # no record of the diverged steps
+
+
+def test_a_save_never_writes_the_weights_of_a_diverged_run(tmp_path, schedule, data):
+    """With a checkpoint every step and no log step before the end, the check before each save
+    stops the run: every checkpoint that was written holds finite weights."""
+    diverging = tiny_run(num_steps=40, lr=1e30, log_every=1000, checkpoint_every=1)
+    with pytest.raises(FloatingPointError, match=r"at step (\d+), refusing to save") as err:
+        train(new_model(), schedule, data, diverging, tmp_path, progress=False)
+    model, _, info = load_checkpoint(tmp_path / "checkpoint")
+    assert f"at step {info['step'] + 1}," in str(err.value)  # the one saved just before
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_training_reads_the_device_only_at_log_steps(schedule, data):
+    """The data are checked once; then the loop reads nothing but each log record: 3 steps and
+    9 steps with one record each make the same number of reads of device values."""
+    reads = []
+    for num_steps in (3, 9):
+        with DeviceReads() as counter:
+            config = tiny_run(num_steps=num_steps, log_every=100)
+            train(new_model(), schedule, data, config, progress=False)
+        reads.append(counter.count)
+    assert reads[0] == reads[1], reads
+
+
+def conditional_data(n: int = 30):
+    """Images that say which they are (image i is filled with -1 + 2 i / (n - 1)), and labels."""
+    data = torch.linspace(-1, 1, n).view(n, 1, 1, 1).expand(n, 1, 8, 8).contiguous()
+    return data, torch.arange(n) % 3
+
+
+def image_index(x0: torch.Tensor, n: int = 30) -> torch.Tensor:
+    return ((x0[:, 0, 0, 0] + 1) * (n - 1) / 2).round().long()
+
+
+def test_train_drops_labels_at_the_configured_rate(monkeypatch, schedule):
+    """train hands each step's labels to train_step: a fraction label_dropout of them (within 4
+    binomial standard deviations over 100 steps of 32) is the null label, the rest are the
+    images' own; the same seed draws the same labels."""
+    data, labels = conditional_data()
+    config = tiny_run(num_steps=100, batch_size=32, label_dropout=0.2, log_every=50)
+
+    def labels_seen():
+        seen = []
+
+        def fake_step(net, schedule, x0, optimizer, *, labels, **_):
+            seen.append((image_index(x0), labels.clone()))
+            return torch.zeros(())
+
+        monkeypatch.setattr(training, "train_step", fake_step)
+        train(new_model(num_classes=3), schedule, data, config, progress=False, labels=labels)
+        return seen
+
+    seen = labels_seen()
+    dropped = sum(int((y == 3).sum()) for _, y in seen)
+    n, p = 100 * 32, 0.2
+    assert abs(dropped - n * p) < 4 * (n * p * (1 - p)) ** 0.5, dropped
+    for index, y in seen:
+        kept = y != 3
+        assert torch.equal(y[kept], labels[index[kept]])
+    again = labels_seen()
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(seen, again, strict=True))
+
+
+def test_class_conditional_training(tmp_path, schedule):
+    data, labels = conditional_data()
+    config = tiny_run(num_steps=4, label_dropout=0.1, num_sample_images=6)
+    model = new_model(num_classes=3)
+    history = train(model, schedule, data, config, tmp_path, progress=False, labels=labels)
+    assert history.steps == [2, 4]
+    loaded, _, info = load_checkpoint(tmp_path / "checkpoint")
+    assert loaded.config.num_classes == 3 and info["train"]["label_dropout"] == 0.1
+    assert (tmp_path / "samples" / "step_0000004.png").exists()  # classes 0, 1, 2, 0, 1, 2
+    # The class embedding learnt something: it starts at zero.
+    assert history.ema.model.class_emb.weight.abs().max() > 0
+    with pytest.raises(ValueError, match="unconditional model"):
+        train(new_model(), schedule, data, tiny_run(), progress=False, labels=labels)
+    with pytest.raises(ValueError, match="class-conditional"):
+        train(new_model(num_classes=3), schedule, data, tiny_run(), progress=False)
+    with pytest.raises(ValueError, match="label_dropout"):
+        train(new_model(), schedule, data, config, progress=False)
+    with pytest.raises(ValueError, match="null label"):
+        train(model, schedule, data, config, progress=False, labels=labels * 0 + 3)
+
+
 def test_time_budget_stops_training(schedule, data):
     history = train(new_model(), schedule, data, tiny_run(max_minutes=0.0), progress=False)
     assert history.stopped == "max_minutes" and history.step == 0 and history.records == []
@@ -254,52 +307,16 @@ def test_train_rejects_bad_data(schedule, data):
         train(new_model(), schedule, data.repeat(1, 3, 1, 1), tiny_run(), progress=False)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         train(new_model(), schedule, data * 255, tiny_run(), progress=False)
+    for bad in (float("nan"), float("inf")):
+        broken = data.clone()
+        broken[5, 0, 1, 1] = bad
+        with pytest.raises(ValueError, match="NaN or inf: 1 of 32 images, the first at index 5"):
+            train(new_model(), schedule, broken, tiny_run(), progress=False)
 
 
-def test_random_flips_and_fit_images(schedule, data):
+def test_random_flips(schedule, data):
     history = train(new_model(), schedule, data, tiny_run(random_flip=True), progress=False)
     assert history.step == 6
-    images = torch.rand(5, 1, 28, 28) * 2 - 1
-    small = fit_images(images, 14)
-    assert small.shape == (5, 1, 14, 14)
-    torch.testing.assert_close(small, torch.nn.functional.avg_pool2d(images, 2))
-    assert fit_images(images, 28) is images
-    assert fit_images(small, 28).shape == (5, 1, 28, 28)
-
-
-def test_save_image_grid(tmp_path):
-    images = torch.linspace(-1, 1, 10 * 3 * 4 * 5).reshape(10, 3, 4, 5)
-    path = save_image_grid(images, tmp_path / "grid.png", ncols=4, scale=2)
-    with Image.open(path) as im:
-        assert im.size == (2 * (4 * 7 + 2), 2 * (3 * 6 + 2)) and im.mode == "RGB"
-    with pytest.raises(ValueError, match="1 or 3"):
-        save_image_grid(torch.zeros(2, 2, 4, 4), tmp_path / "bad.png")
-
-
-def test_load_pretrained_explains_how_to_make_it(monkeypatch, tmp_path):
-    import ddpm_lib.training as training
-
-    monkeypatch.setattr(training, "pretrained_path", lambda name: tmp_path / name)
-    with pytest.raises(FileNotFoundError, match="scripts/train.py --preset mnist"):
-        load_pretrained("mnist")
-    monkeypatch.undo()
-    with pytest.raises(ValueError, match="unknown pretrained"):
-        load_pretrained("imagenet")
-
-
-def test_pretrained_checkpoint_if_shipped():
-    from ddpm_lib.training import pretrained_path
-
-    folder = pretrained_path("mnist")
-    if not (folder / "model.safetensors").exists():
-        pytest.skip("no pretrained checkpoint in this checkout yet")
-    assert (folder / "model.safetensors").stat().st_size <= 25 * 2**20
-    model, schedule = load_pretrained("mnist")
-    assert model.config == UNetConfig.mnist() and schedule.num_timesteps == 1000
-    assert 6e6 < count_parameters(model) < 7e6
-    with torch.no_grad():
-        eps = model(torch.zeros(2, 1, 28, 28), torch.tensor([10, 900]))
-    assert eps.shape == (2, 1, 28, 28) and eps.abs().max() > 0  # trained: no longer all zeros
 
 
 @pytest.mark.slow
@@ -350,6 +367,72 @@ def test_command_line_trains_on_a_folder_of_images(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_script.parse_args(["--data", str(tmp_path / "missing"), "--out", str(out)])
     assert "missing' is neither a data set (mini_mnist, mnist" in capsys.readouterr().err
+
+
+def train_command(out: Path, *args: str) -> list[str]:
+    """scripts/train.py at toy size on mini_mnist, writing into `out`, without a progress bar."""
+    script = str(ROOT / "scripts" / "train.py")
+    return [sys.executable, script, "--preset", "toy", "--data", "mini_mnist", "--out", str(out),
+            "--no-progress", *args]  # fmt: skip
+
+
+ENV = os.environ | {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_command_line_trains_a_class_conditional_model(tmp_path):
+    """--conditional: the toy U-Net with a class embedding for mini_mnist's ten digits, trained
+    on their labels with the default label dropout; the exported grid draws digits 0..9."""
+    out, export = tmp_path / "run", tmp_path / "export"
+    options = ["--steps", "3", "--batch-size", "8", "--log-every", "1", "--sample-images", "10"]
+    cmd = train_command(out, "--conditional", *options, "--export", str(export))
+    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "class-conditional on 10 classes, label dropout 0.1" in run.stdout
+    model, _, info = load_checkpoint(out / "checkpoint")
+    assert model.config == replace(UNetConfig.toy(), num_classes=10)
+    assert info["train"]["label_dropout"] == 0.1 and info["step"] == 3
+    assert load_checkpoint(export)[0].config.num_classes == 10
+    assert json.loads((export / "run.json").read_text())["num_classes"] == 10
+    train_script = load_script("train")
+    args = train_script.parse_args(["--preset", "mnist_conditional", "--out", str(out)])
+    assert args.preset == "mnist_conditional" and not args.conditional
+
+
+@pytest.mark.slow
+def test_command_line_survives_kill_9_and_resumes(tmp_path):
+    """A run killed with SIGKILL (a checkpoint every step, so the kill often lands in a save)
+    resumes from its checkpoint's step, mends the folder, and ends with a loadable checkpoint."""
+    out = tmp_path / "run"
+    cmd = train_command(out, "--batch-size", "8", "--log-every", "1", "--checkpoint-every", "1",
+                        "--sample-images", "0")  # fmt: skip
+    log = out / "log.jsonl"
+    with open(tmp_path / "first.err", "w") as errors:
+        first = subprocess.Popen([*cmd, "--steps", "100000"], env=ENV, stdout=subprocess.DEVNULL,
+                                 stderr=errors)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 300
+            while not log.exists() or len(log.read_text().splitlines()) < 3:
+                assert first.poll() is None, (tmp_path / "first.err").read_text()[-2000:]
+                assert time.monotonic() < deadline, "no checkpoint within 300 s"
+                time.sleep(0.05)
+            time.sleep(0.37)  # into the run, at no particular point of a step or a save
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+    assert first.returncode == -signal.SIGKILL
+    saved = load_checkpoint(out / "checkpoint")[2]["step"]  # reads a half-swapped folder too
+    logged = len(log.read_text().splitlines())
+    assert saved >= 2
+    second = subprocess.run([*cmd, "--steps", str(saved + 3)], env=ENV, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert second.returncode == 0, second.stderr[-2000:]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in records[logged:]] == [saved + 1, saved + 2, saved + 3]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "log.jsonl"]  # no .tmp, .old
+    model, _, info = load_checkpoint(out / "checkpoint")
+    assert info["step"] == saved + 3 and (out / "checkpoint" / "train_state.safetensors").exists()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 @pytest.mark.parametrize(
