@@ -1,5 +1,7 @@
 """ddpm_lib.unet: shapes, the paper's parameter count, dependence on t, bad input, learning."""
 
+import math
+
 import pytest
 import torch
 from conftest import tiny_unet_config
@@ -110,6 +112,22 @@ def test_timestep_embedding():
     torch.testing.assert_close(emb[:, :8] ** 2 + emb[:, 8:] ** 2, torch.ones(3, 8))
     with pytest.raises(ValueError, match="even"):
         timestep_embedding(torch.tensor([1]), 9)
+
+
+def test_timestep_embedding_is_ho_et_al_s_not_the_transformer_s():
+    # Ho et al.'s get_timestep_embedding (diffusion_tf/nn.py), transcribed in float64:
+    # w_k = exp(-k log(10000) / (d/2 - 1)), then [sin(t w), cos(t w)] (Book Eq. eq-time-embedding)
+    t, d = torch.tensor([1, 2, 37, 500, 1000]), 32
+    k = torch.arange(d // 2, dtype=torch.float64)
+    angles = t.double()[:, None] * torch.exp(-math.log(10000) * k / (d // 2 - 1))[None, :]
+    hos = torch.cat([angles.sin(), angles.cos()], dim=1)
+    got = timestep_embedding(t, d)
+    torch.testing.assert_close(got.double(), hos, atol=2e-4, rtol=0)  # float32 angles to 1000
+    # The Transformer's encoding interleaves, with frequencies 10000^(-2i/d): another function.
+    i = torch.arange(d // 2, dtype=torch.float64)
+    pos_angles = t.double()[:, None] / 10000 ** (2 * i / d)[None, :]
+    transformer = torch.stack([pos_angles.sin(), pos_angles.cos()], dim=2).flatten(1)
+    assert (got.double() - transformer).abs().max() > 0.5
 
 
 def test_blocks_start_as_identity():
