@@ -237,7 +237,7 @@ def load_images(
         if (image_size, resize, channels) != (None, "crop", None):
             raise ValueError(
                 "image_size, resize and channels apply to a folder of images; resize a named "
-                "data set with ddpm_lib.training.fit_images"
+                "data set with ddpm_lib.batches.fit_images"
             )
         return _load_named(name_or_folder, split, root, download, return_labels)
     folder = Path(name_or_folder)

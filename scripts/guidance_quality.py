@@ -2,8 +2,8 @@
 
     python scripts/guidance_quality.py --method cg             # classifier guidance of the
                                                                # shipped unconditional model
-    python scripts/guidance_quality.py --method cfg            # classifier-free guidance of
-                                                               # load_pretrained("mnist_conditional")
+    python scripts/guidance_quality.py --method cfg            # classifier-free guidance
+                                                               # (the mnist_conditional model)
     python scripts/guidance_quality.py --method cg --num 100 --weights 0 4 --out /tmp/g.json
 
 For each weight (cg: the classifier scale s; cfg: Ho and Salimans' w) it draws --num digits, the

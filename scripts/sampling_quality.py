@@ -5,7 +5,7 @@
 
 For each solver ("ddpm": Algorithm 2's step on the strided chain, the same as DDIM with eta = 1;
 "ddim": eta = 0; "dpm_solver++": DPM-Solver++(2M)) and each number of steps, it draws --num
-digits from the shipped MNIST model (ddpm_lib.training.load_pretrained("mnist")) with trailing
+digits from the shipped MNIST model (ddpm_lib.checkpoints.load_pretrained("mnist")) with trailing
 timesteps, and scores them as chapter 07 does (ddpm_lib.metrics.quality_table): the squared
 Frechet distance in the digit classifier's features to the real test digits, the classifier's
 mean confidence and the entropy of its predicted classes. It also gives the distance to the
@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))  # use this checkout's ddpm_lib
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ddpm_lib.checkpoints import load_pretrained, pretrained_path  # noqa: E402
 from ddpm_lib.metrics import (  # noqa: E402
     as_classifier_input,
     draw_digits,
@@ -39,7 +40,6 @@ from ddpm_lib.metrics import (  # noqa: E402
     load_digit_classifier,
     quality_table,
 )
-from ddpm_lib.training import load_pretrained, pretrained_path  # noqa: E402
 from ddpm_lib.utils import get_device  # noqa: E402
 
 SOLVERS = ("ddpm", "ddim", "dpm_solver++")

@@ -90,9 +90,9 @@ def _worker(rank: int, port: int, root: str, results) -> None:
 
 
 def _setup():
+    from ddpm_lib.batches import fit_images
     from ddpm_lib.data import load_images
     from ddpm_lib.schedules import NoiseSchedule, linear_betas
-    from ddpm_lib.training import fit_images
     from ddpm_lib.unet import UNet, UNetConfig
 
     torch.manual_seed(0)

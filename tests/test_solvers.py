@@ -8,8 +8,8 @@ import torch
 from conftest import tiny_unet_config
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from ddpm_lib.profiling import DeviceReads
 from ddpm_lib.forward import q_sample
+from ddpm_lib.profiling import DeviceReads
 from ddpm_lib.sampling import (
     DDIMSolver,
     DDPMSolver,

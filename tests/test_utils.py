@@ -9,12 +9,12 @@ from torch import nn
 
 from ddpm_lib.config import size_profile
 from ddpm_lib.utils import (
+    autocast_dtype,
     check_same_shape,
     check_timesteps,
     count_parameters,
-    extract,
-    autocast_dtype,
     default_precision,
+    extract,
     get_device,
     precision_dtype,
     seed_everything,
