@@ -342,6 +342,16 @@ def renoise(schedule: NoiseSchedule, x_s: torch.Tensor, s: int, t: int, generato
     return a.sqrt() * x_s + b.sqrt() * _noise(x_s, generator)
 
 
+def _run_segments(net, schedule, x, segments, solver, generator, x_hook, progress):
+    """Run the sampling loop down each segment in turn; before a segment that starts above
+    where the last one ended (a block's repeat), jump back up to its start (renoise)."""
+    for i, segment in enumerate(segments):
+        if i > 0 and segment[0] > segments[i - 1][-1]:
+            x = renoise(schedule, x, segments[i - 1][-1], segment[0], generator)
+        x = _run_down(net, schedule, x, segment, solver, generator, x_hook, progress)
+    return x
+
+
 @torch.no_grad()
 def inpaint(
     model,
@@ -397,12 +407,10 @@ def inpaint(
             known_s = q_sample_unchecked(schedule, x_known, s_batch, _noise(x_s, generator))
             return torch.where(mask, known_s, x_s)
 
-        x = replace_known(_noise(x_known, generator), ts[0])  # x_T
-        for i, segment in enumerate(segments):
-            if i > 0 and segment[0] > segments[i - 1][-1]:  # a repeat: jump back up first
-                x = renoise(schedule, x, segments[i - 1][-1], segment[0], generator)
-            x = _run_down(net, schedule, x, segment, solver, generator, replace_known, progress)
-        return x
+        x_T = replace_known(_noise(x_known, generator), ts[0])
+        return _run_segments(
+            net, schedule, x_T, segments, solver, generator, replace_known, progress
+        )
 
 # %% ../notebooks/11_restoration.ipynb #82163644
 def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -446,6 +454,8 @@ def super_resolve(
     *,
     image_size: int | None = None,
     num_steps: int = 20,
+    resample: int = 1,
+    jump: int = 1,
     solver="ddpm",
     check_range: bool = True,
     progress: bool = False,
@@ -455,6 +465,8 @@ def super_resolve(
     after each step to s: x_s = x_s + upsample(y_s - downsample(x_s)),
     y_s = sqrt(alpha_bar_s) x_low + sqrt(1 - alpha_bar_s) / N z  (y_0 = x_low)
 
+    resample = 1 is ILVR; resample = r > 1 adds RePaint's resampling, as in `inpaint`.
+
     Args:
         model: the noise predictor (an nn.Module runs in eval mode, on x_low's device).
         schedule: its noise schedule.
@@ -462,7 +474,8 @@ def super_resolve(
             image sought; h and w must divide image_size by one whole factor N.
         generator: draws every noise of the run.
         image_size: the model's image size; default: a UNet's config.image_size.
-        num_steps: the steps from T to 0 (trailing spacing).
+        num_steps: the steps of one run down from T (trailing spacing).
+        resample, jump: RePaint's r and j (see repaint_segments).
         solver: "ddpm" (stochastic, the default), "ddim", "dpm_solver++", or a solver object.
         check_range: refuse x_low that is not images in about [-1, 1] (check_images).
         progress: show a progress bar.
@@ -482,6 +495,7 @@ def super_resolve(
     factor = size // h
     shape = (*x_low.shape[:2], size, size)
     ts = timesteps(schedule.num_timesteps, num_steps) + [0]
+    segments = repaint_segments(ts, jump, resample)
     with _prepared(model, schedule, shape, x_low, generator) as (net, schedule):
 
         def match_low_frequencies(x_s, s):  # Eq. (eq-ilvr)
@@ -492,6 +506,5 @@ def super_resolve(
             return x_s + upsample(y_s - downsample(x_s, factor), factor)
 
         x_T = match_low_frequencies(_noise(x_low, generator, shape), ts[0])
-        return _run_down(
-            net, schedule, x_T, ts, solver, generator, match_low_frequencies, progress
-        )
+        hook = match_low_frequencies
+        return _run_segments(net, schedule, x_T, segments, solver, generator, hook, progress)

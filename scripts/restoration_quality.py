@@ -13,9 +13,10 @@ classes) with ddpm_lib.restoration, and scores them as the chapter does:
 * inpainting with the three masks of make_mask: the classifier's accuracy on the masked digits
   (missing pixels set to -1), on the replacement method's completions and on RePaint's
   (--resample, and each of --jumps), all with --steps steps a run;
-* super-resolution 7x7 -> 28x28: consistency (RMS of downsample(result) - input), accuracy,
-  for the blocks, bicubic interpolation and ILVR (--steps steps); and the diversity of four
-  ILVR results for each of the first --diversity-inputs inputs (mean pairwise RMS).
+* super-resolution 7x7 -> 28x28: consistency (RMS of downsample(result) - input) and
+  accuracy for the blocks, bicubic interpolation, ILVR (--steps steps) and ILVR with RePaint's
+  resampling (--resample, each of --jumps); and for each ILVR the diversity of four results
+  for each of the first --diversity-inputs inputs (mean pairwise RMS).
 
 Chapter 11 reads the committed file, book/results/restoration_quality.json.
 """
@@ -153,28 +154,42 @@ def inpainting(model, schedule, accuracy, clean, labels, args, device):
 def super_resolution(model, schedule, accuracy, clean, labels, args, device):
     x_low = downsample(clean, 4)
     sgen = torch.Generator(device=device).manual_seed(args.seed)
+    settings = {"ilvr": (1, 1)} | {f"ilvr_resampled_j{j}": (args.resample, j) for j in args.jumps}
     results = {
         "blocks": upsample(x_low, 4),
         "bicubic": F.interpolate(x_low, size=28, mode="bicubic", align_corners=False),
-        "ilvr": super_resolve(model, schedule, x_low, sgen, num_steps=args.steps),
         "original": clean,
     }
+    diversity = {}
     k = args.diversity_inputs
-    several = super_resolve(
-        model, schedule, x_low[:k].repeat_interleave(4, 0), sgen, num_steps=args.steps
-    ).view(k, 4, -1)
-    pairwise = torch.cdist(several, several) / several.shape[-1] ** 0.5  # RMS distances
+    for name, (resample, jump) in settings.items():
+        results[name] = super_resolve(
+            model, schedule, x_low, sgen, num_steps=args.steps, resample=resample, jump=jump
+        )
+        several = super_resolve(
+            model,
+            schedule,
+            x_low[:k].repeat_interleave(4, 0),
+            sgen,
+            num_steps=args.steps,
+            resample=resample,
+            jump=jump,
+        ).view(k, 4, -1)
+        pairwise = torch.cdist(several, several) / several.shape[-1] ** 0.5  # RMS distances
+        diversity[name] = (pairwise.sum((1, 2)) / 12).mean().item()  # 12 ordered pairs
     out = {
         "consistency": {
             name: (downsample(x, 4) - x_low).pow(2).flatten(1).mean(1).sqrt().mean().item()
             for name, x in results.items()
         },
-        "max_abs_consistency_ilvr": (downsample(results["ilvr"], 4) - x_low).abs().max().item(),
+        "max_abs_consistency": {
+            name: (downsample(results[name], 4) - x_low).abs().max().item() for name in settings
+        },
         "accuracy": {name: accuracy(x, labels) for name, x in results.items()},
         "diversity": {
             "inputs": k,
             "results_per_input": 4,
-            "mean_pairwise_rms": (pairwise.sum((1, 2)) / 12).mean().item(),
+            "mean_pairwise_rms": diversity,
         },
     }
     print(out, flush=True)
@@ -188,7 +203,7 @@ def main(argv=None) -> int:
     p.add_argument("--denoise-steps", type=int, default=5, help="steps of the denoising chain")
     p.add_argument("--resample", type=int, default=3, help="RePaint's r")
     p.add_argument("--jumps", type=int, nargs="+", default=[1, 2], help="RePaint's j")
-    p.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.2, 0.5, 1.0, 1.5])
+    p.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.2, 0.5, 1.0, 2.0])
     p.add_argument("--diversity-inputs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="default: cuda, else mps, else cpu")
