@@ -10,6 +10,9 @@ notebook already wrote in the same run. The book's design has some modules built
 module in a run creates it, the later ones append to it. Before exporting it deletes every
 generated module, so a module whose notebook is gone disappears instead of going stale.
 
+Imports of the library inside the library are relative; nbdev converts those that fit on one line,
+and this script the parenthesised ones.
+
 Module docstrings: nbdev writes a chapter's summary line ("> ...") as the docstring of the module
 the chapter names with `#| default_exp`, and none for a module that cells name one by one
 (`#| export sampling`). A module's first exported cell may instead begin with a string literal,
@@ -20,6 +23,7 @@ the file, in place of nbdev's).
 import argparse
 import ast
 import filecmp
+import re
 import shutil
 import sys
 import tempfile
@@ -64,8 +68,14 @@ def export(nbs_dir: Path, lib_dir: Path) -> list[Path]:
         text = p.read_text(encoding="utf-8")
         if not text.endswith("\n"):  # nbdev leaves an appended module without its final newline
             text += "\n"
-        p.write_text(move_docstring_to_top(text), encoding="utf-8")
+        p.write_text(move_docstring_to_top(relative_imports(text)), encoding="utf-8")
     return modules
+
+
+def relative_imports(text: str) -> str:
+    """The module `text` with `from ddpm_lib.x import (...)` made relative, as nbdev makes the
+    imports that fit on one line (it leaves the parenthesised ones absolute)."""
+    return re.sub(rf"^from {LIB_NAME}\.(\w+) import \(", r"from .\1 import (", text, flags=re.M)
 
 
 def move_docstring_to_top(text: str) -> str:

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_script
 from PIL import Image
 from training_setup import T, new_model, tiny_data, tiny_run, tiny_schedule
 
 import ddpm_lib.training as training
 from ddpm_lib.checkpoints import load_checkpoint
+from ddpm_lib.cli import train_arguments
 from ddpm_lib.losses import simple_loss
 from ddpm_lib.profiling import DeviceReads
 from ddpm_lib.schedules import NoiseSchedule, linear_betas
@@ -363,9 +363,8 @@ def test_command_line_trains_on_a_folder_of_images(tmp_path, capsys):
     assert f"data {folder} (8, 1, 14, 14)" in run.stdout
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
-    train_script = load_script("train")
     with pytest.raises(SystemExit):
-        train_script.parse_args(["--data", str(tmp_path / "missing"), "--out", str(out)])
+        train_arguments(["--data", str(tmp_path / "missing"), "--out", str(out)])
     assert "missing' is neither a data set (mini_mnist, mnist" in capsys.readouterr().err
 
 
@@ -394,8 +393,7 @@ def test_command_line_trains_a_class_conditional_model(tmp_path):
     assert info["train"]["label_dropout"] == 0.1 and info["step"] == 3
     assert load_checkpoint(export)[0].config.num_classes == 10
     assert json.loads((export / "run.json").read_text())["num_classes"] == 10
-    train_script = load_script("train")
-    args = train_script.parse_args(["--preset", "mnist_conditional", "--out", str(out)])
+    args = train_arguments(["--preset", "mnist_conditional", "--out", str(out)])
     assert args.preset == "mnist_conditional" and not args.conditional
 
 

@@ -1,0 +1,64 @@
+"""The console scripts ddpm-train and ddpm-sample (ddpm_lib.cli), run through their command lines
+as a user runs them: the scripts that `pip install` puts next to the Python interpreter."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+BIN = Path(sys.executable).parent
+ENV = os.environ | {"OMP_NUM_THREADS": "1"}
+
+
+def run(command: str, *args, timeout=600):
+    return subprocess.run([str(BIN / command), *map(str, args)], env=ENV, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["ddpm-train", "ddpm-sample"])
+def test_help_explains_the_command_with_examples(command):
+    result = run(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert f"usage: {command}" in result.stdout and "examples:" in result.stdout
+
+
+def test_sample_writes_a_grid_from_a_shipped_model(tmp_path):
+    out = tmp_path / "grid.png"
+    result = run("ddpm-sample", "mnist", "--out", out, "--num", "6", "--steps", "3",
+                 "--ncols", "3")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "6 images, 3 steps of dpm_solver++" in result.stdout
+    width, height = Image.open(out).size
+    assert (width, height) == (2 * (3 * 30 + 2), 2 * (2 * 30 + 2))  # 3 x 2 digits, scale 2
+
+
+def test_sample_refuses_bad_requests(tmp_path):
+    out = tmp_path / "grid.png"
+    cases = [
+        (["mnist", "--label", "3"], "unconditional: it takes no --label"),
+        (["mnist", "--guidance", "2"], "--guidance needs --label"),
+        (["mnist", "--eta", "0.5"], "--eta is DDIM's parameter"),
+        (["mnist", "--steps", "0"], "num_steps must be an int in 1..T"),
+        ([str(tmp_path / "nowhere")], "not a checkpoint folder"),
+    ]
+    for args, message in cases:
+        result = run("ddpm-sample", *args, "--out", out, "--num", "2")
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_train_then_sample_the_exported_checkpoint(tmp_path):
+    out, shared = tmp_path / "run", tmp_path / "shared"
+    trained = run("ddpm-train", "--preset", "toy", "--data", "mini_mnist", "--out", out,
+                  "--steps", "3", "--batch-size", "4", "--sample-images", "4", "--no-progress",
+                  "--export", shared)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert '"command": "ddpm-train --preset toy' in trained.stdout
+    grid = tmp_path / "toy.png"
+    sampled = run("ddpm-sample", shared, "--out", grid, "--num", "4", "--steps", "2")
+    assert sampled.returncode == 0, sampled.stderr
+    assert Image.open(grid).size == (2 * (4 * 16 + 2), 2 * (14 + 4))
