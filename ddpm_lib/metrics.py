@@ -133,7 +133,8 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
         feats_a: (N, D) and feats_b: (M, D) features (N, M > 1).
 
     Returns:
-        d^2, a float (the quantity FID reports, here in another network's features).
+        d^2, a float (the quantity FID reports, here in another network's features). Book Eq.
+        (eq-frechet); Heusel et al.'s FID.
     """
     if feats_a.dim() != 2 or feats_b.dim() != 2 or feats_a.shape[1] != feats_b.shape[1]:
         raise ValueError(

@@ -252,7 +252,8 @@ def sample_loop(
         progress: show a tqdm progress bar.
 
     Yields:
-        (t, x_t, x0_pred) before each step: the int t, x_t and the x_0 that eps_pred implies;
+        (t, x_t, x0_pred) before each step: the int t, x_t and the x_0 that eps_pred implies
+        (Book Eq. (eq-x0-pred));
         last, (ts[-1], x, x0) with x0 = x if ts[-1] = 0, else None.
     """
     ts = check_timestep_sequence(ts, schedule.num_timesteps)
