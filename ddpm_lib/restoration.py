@@ -232,6 +232,7 @@ def gaussian_blur(x: torch.Tensor, width: float) -> torch.Tensor:
     Returns:
         (B, C, H, W), as scipy.ndimage.gaussian_filter(mode="nearest", truncate=3).
     """
+    _check_image_shape(x, "x")
     if not width > 0:
         raise ValueError(f"width must be positive, got {width}")
     radius = int(3 * width + 0.5)
@@ -290,6 +291,8 @@ def make_mask(kind: str, batch: int, size: int = 28, generator=None) -> torch.Te
     Returns:
         (batch, 1, size, size) float tensor of 0s and 1s, on the CPU.
     """
+    _check_count("batch", batch)
+    _check_count("size", size)
     mask = torch.ones(batch, 1, size, size)
     if kind == "lower_half":
         mask[..., size // 2 :, :] = 0
@@ -338,6 +341,12 @@ def renoise(schedule: NoiseSchedule, x_s: torch.Tensor, s: int, t: int, generato
     Returns:
         (B, ...) x_t. Book Eq. (eq-renoise); Lugmayr et al. 2022, Algorithm 1, line 12.
     """
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (s, t))
+    if not ints or not 0 <= s < t <= schedule.num_timesteps:
+        raise ValueError(
+            f"renoise jumps forward: need ints 0 <= s < t <= T = {schedule.num_timesteps}, "
+            f"got s = {s!r}, t = {t!r}"
+        )
     a, b, _ = jump_coefficients(schedule, t, s)  # q(x_t | x_s) = N(sqrt(a) x_s, b I)
     return a.sqrt() * x_s + b.sqrt() * _noise(x_s, generator)
 
@@ -415,11 +424,19 @@ def inpaint(
 # %% ../notebooks/11_restoration.ipynb #82163644
 def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     """The mean of each factor x factor block: (B, C, H, W) -> (B, C, H / factor, W / factor)."""
+    _check_image_shape(x, "x")
+    _check_count("factor", factor)
+    if x.shape[-2] % factor or x.shape[-1] % factor:
+        raise ValueError(
+            f"{tuple(x.shape[-2:])} images do not split into {factor}x{factor} blocks"
+        )
     return F.avg_pool2d(x, factor)
 
 
 def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     """Each pixel repeated into a factor x factor block: (B, C, h, w) -> (B, C, h f, w f)."""
+    _check_image_shape(x, "x")
+    _check_count("factor", factor)
     return x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 

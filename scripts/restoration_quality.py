@@ -56,22 +56,18 @@ DEFAULT_OUT = ROOT / "book" / "results" / "restoration_quality.json"
 BLUR_WIDTHS = [round(0.3 + 0.1 * i, 1) for i in range(28)]  # 0.3 .. 3.0 pixels
 
 
-def code_version() -> str:
-    """The commit of this checkout, with "+changes" if ddpm_lib or scripts differ from it."""
+def code_version() -> dict:
+    """The commit of this checkout, and the tracked files under ddpm_lib/ and scripts/ that
+    differ from it (the checkout may hold work in progress that this run did not use)."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "diff", "--quiet", "HEAD", "--", "ddpm_lib", "scripts"], cwd=ROOT
-        ).returncode
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                                capture_output=True, text=True).stdout.strip()  # fmt: skip
+        changed = subprocess.run(["git", "diff", "--name-only", "HEAD", "--", "ddpm_lib",
+                                  "scripts"], cwd=ROOT, check=True, capture_output=True,
+                                 text=True).stdout.split()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+changes" if dirty else "")
+        return {"commit": "unknown", "changed_files": []}
+    return {"commit": commit, "changed_files": changed}
 
 
 def spread(images, labels, n):
@@ -210,7 +206,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
 
-    start = time.perf_counter()
+    start, code = time.perf_counter(), code_version()  # the code as the run begins
     device = torch.device(args.device) if args.device else get_device()
     model, schedule = load_pretrained("mnist", device=device)
     classifier, _ = load_digit_classifier()
@@ -237,7 +233,8 @@ def main(argv=None) -> int:
             "device": str(device),
             "cpu_threads": torch.get_num_threads(),
             "torch": torch.__version__,
-            "code": code_version(),
+            "code": code["commit"],
+            "changed_files": code["changed_files"],
             "date": datetime.date.today().isoformat(),
             "seconds": round(time.perf_counter() - start, 1),
         },

@@ -386,3 +386,19 @@ def test_generator_on_another_device_is_refused(tiny_unet):
         pytest.skip("needs a second device")
     with pytest.raises(ValueError, match="generator"):
         denoise(tiny_unet, SCHEDULE, digits_like(1), 0.5, generator=torch.Generator(device="cuda"))
+
+
+def test_bad_arguments_of_the_helpers():
+    x = torch.zeros(1, 1, 6, 6)
+    with pytest.raises(ValueError, match="blocks"):
+        downsample(x, 4)
+    for bad in [0, 2.0, True]:
+        with pytest.raises(ValueError, match="factor"):
+            upsample(x, bad)
+    for s, t in [(5, 5), (6, 5), (-1, 5), (0, T + 1), (0, 2.0)]:
+        with pytest.raises(ValueError, match="renoise"):
+            renoise(SCHEDULE, x, s, t)
+    with pytest.raises(ValueError, match="batch"):
+        make_mask("square", 0)
+    with pytest.raises(ValueError, match="float images"):
+        gaussian_blur(torch.zeros(6, 6), 1.0)
