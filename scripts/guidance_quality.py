@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))  # use this checkout's ddpm_lib
 
 import torch  # noqa: E402
 
-from ddpm_lib.checkpoints import load_pretrained  # noqa: E402
+from ddpm_lib.checkpoints import load_checkpoint, load_pretrained  # noqa: E402
 from ddpm_lib.guidance import classifier_guidance, load_noisy_classifier  # noqa: E402
 from ddpm_lib.metrics import as_classifier_input, load_digit_classifier, quality_table  # noqa: E402
 from ddpm_lib.sampling import sample  # noqa: E402
@@ -36,10 +36,13 @@ DEFAULT_OUT = ROOT / "book" / "results" / "guidance_quality.json"
 DEFAULT_WEIGHTS = {"cg": [0, 1, 2, 4, 8, 16], "cfg": [0, 0.5, 1, 2, 4, 8]}
 
 
-def draw(method: str, weight: float, num: int, steps: int, batch: int, seed: int, device):
-    """num guided digits, num // 10 of each class, and the classes asked for."""
+def draw(method: str, weight: float, args, device):
+    """args.num guided digits, args.num // 10 of each class, and the classes asked for."""
+    num, steps, batch, seed = args.num, args.steps, args.batch, args.seed
     labels = torch.arange(10).repeat_interleave(num // 10)
-    if method == "cfg":
+    if method == "cfg" and args.checkpoint is not None:
+        model, schedule, _ = load_checkpoint(args.checkpoint, device=device)
+    elif method == "cfg":
         model, schedule = load_pretrained("mnist_conditional", device=device)
     else:
         model, schedule = load_pretrained("mnist", device=device)
@@ -60,7 +63,7 @@ def draw(method: str, weight: float, num: int, steps: int, batch: int, seed: int
 
 def point(method: str, weight: float, args, device, judge) -> dict:
     start = time.perf_counter()
-    digits, labels = draw(method, weight, args.num, args.steps, args.batch, args.seed, device)
+    digits, labels = draw(method, weight, args, device)
     seconds = time.perf_counter() - start
     with torch.no_grad():
         read = judge(as_classifier_input(digits)).argmax(1)
@@ -88,6 +91,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="default: cuda, else mps, else cpu")
+    p.add_argument("--checkpoint", type=Path, help="cfg: this checkpoint, not the shipped one")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     if args.num % 10:
