@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The book's GPU run, in one call on a GPU machine with no network (see chapter 20):
 #   1. scripts/bench_gpu.py: training and sampling speed, ours and diffusers, on this card;
-#   2. scripts/run_notebooks.py --size full: every chapter at full size, timed.
+#   2. scripts/run_notebooks.py --size full: every chapter at full size, timed;
+#   3. scripts/sampling_quality.py: chapter 09's quality against steps, 1,000 digits a point;
+#   4. the class-conditional MNIST model of chapter 10: scripts/train.py --preset
+#      mnist_conditional on the bundled digits, exported, then scripts/guidance_quality.py
+#      --method cfg on it (accuracy and Frechet distance against the guidance weight).
 # Usage, from the repository root: OUT=/some/folder bash scripts/gpu_session.sh
 # Wheels for what the machine lacks (diffusers, nbclient, ipykernel, ipywidgets and their
-# dependencies) are read from $WHEELS (default .whl/) if it exists. Budgets in seconds: BENCH_S, NOTEBOOKS_S.
+# dependencies) are read from $WHEELS (default .whl/) if it exists. Budgets in seconds: BENCH_S,
+# NOTEBOOKS_S, QUALITY_S, CONDITIONAL_S (0 skips a step; steps 3 and 4 are off by default).
 # TRAIN_MINUTES: chapter 07's training budget at full size (its own default is 30).
 set -u
 OUT=${OUT:?set OUT to the folder for the results}
@@ -13,6 +18,11 @@ NOTEBOOKS_S=${NOTEBOOKS_S:-255}
 TRAIN_MINUTES=${TRAIN_MINUTES:-0.75}
 BENCH_ARGS=${BENCH_ARGS:-}
 NOTEBOOK_ARGS=${NOTEBOOK_ARGS:---size full}
+QUALITY_S=${QUALITY_S:-0}
+QUALITY_ARGS=${QUALITY_ARGS:-}
+CONDITIONAL_S=${CONDITIONAL_S:-0}
+CONDITIONAL_ARGS=${CONDITIONAL_ARGS:---preset mnist_conditional --data mini_mnist}
+GUIDANCE_ARGS=${GUIDANCE_ARGS:-}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -51,6 +61,33 @@ if [ "$NOTEBOOKS_S" -gt 0 ]; then
     echo "notebooks rc=$?"
     tail -n 20 "$OUT/notebooks.log"
 fi
+if [ "$QUALITY_S" -gt 0 ]; then
+    mkdir -p "$OUT/quality"
+    # shellcheck disable=SC2086
+    timeout -k 10 "$QUALITY_S" $PY scripts/sampling_quality.py \
+        --out "$OUT/quality/sampling_quality.json" $QUALITY_ARGS >"$OUT/quality/quality.log" 2>&1
+    echo "quality rc=$?"
+    tail -n 5 "$OUT/quality/quality.log"
+fi
+
+if [ "$CONDITIONAL_S" -gt 0 ]; then
+    mkdir -p "$OUT/conditional"
+    # Training gets the budget less a margin for the export and the scores. The run's folder
+    # (with the optimizer's state, too big to return) stays on the machine, outside $OUT; the
+    # exported checkpoint (float16 EMA weights, config, log, samples) comes back.
+    minutes=$(awk "BEGIN { print ($CONDITIONAL_S - 90) / 60 }")
+    # shellcheck disable=SC2086
+    timeout -k 10 "$CONDITIONAL_S" bash -c "
+        $PY scripts/train.py $CONDITIONAL_ARGS --out '${CONDITIONAL_RUN:-/tmp/conditional_run}' \
+            --max-minutes $minutes --no-progress --export '$OUT/conditional/mnist_conditional' &&
+        $PY scripts/guidance_quality.py --method cfg \
+            --checkpoint '$OUT/conditional/mnist_conditional' \
+            --out '$OUT/conditional/guidance_quality.json' $GUIDANCE_ARGS" \
+        >"$OUT/conditional/conditional.log" 2>&1
+    echo "conditional rc=$?"
+    tail -n 5 "$OUT/conditional/conditional.log"
+fi
+
 # The executed notebooks, in one archive (the device tool returns few files).
 if [ -d "$OUT/notebooks/executed" ]; then
     tar -czf "$OUT/executed_notebooks.tar.gz" -C "$OUT/notebooks" executed && \

@@ -57,7 +57,9 @@ def draw(method: str, weight: float, args, device):
             options |= dict(labels=y, guidance=weight)
         else:
             options["eps_hook"] = classifier_guidance(classifier, schedule, y, weight)
-        out.append(sample(model, schedule, (len(y), 1, 28, 28), generator, **options).cpu())
+        c = model.config
+        shape = (len(y), c.in_channels, c.image_size, c.image_size)
+        out.append(sample(model, schedule, shape, generator, **options).cpu())
     return torch.cat(out).clamp(-1, 1), labels
 
 

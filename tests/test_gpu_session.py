@@ -70,3 +70,36 @@ def test_a_zero_budget_skips_a_step(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "bench rc" not in proc.stdout and "notebooks rc" not in proc.stdout
     assert (tmp_path / "machine.txt").exists() and not (tmp_path / "bench").exists()
+
+
+@pytest.mark.slow
+def test_session_script_runs_the_quality_and_conditional_steps_on_a_cpu(tmp_path):
+    """Steps 3 and 4 at tiny sizes: the quality curve, and a class-conditional model trained,
+    exported and scored for classifier-free guidance; only the small files come back."""
+    out = tmp_path / "out"
+    env = dict(
+        os.environ,
+        OUT=str(out),
+        PY=sys.executable,
+        WHEELS=str(tmp_path / "no-wheels"),
+        OMP_NUM_THREADS="1",
+        BENCH_S="0",
+        NOTEBOOKS_S="0",
+        QUALITY_S="200",
+        QUALITY_ARGS="--steps 2 --num 10 --batch 10 --solvers ddim",
+        CONDITIONAL_S="300",
+        CONDITIONAL_RUN=str(tmp_path / "run"),
+        CONDITIONAL_ARGS="--preset toy --conditional --data mini_mnist --steps 2 --batch-size 4 "
+        "--sample-images 10",
+        GUIDANCE_ARGS="--num 10 --steps 2 --batch 10 --weights 0 1",
+    )
+    proc = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert "quality rc=0" in proc.stdout and "conditional rc=0" in proc.stdout, proc.stdout[-3000:]
+    quality = json.loads((out / "quality" / "sampling_quality.json").read_text())
+    assert [(p["solver"], p["steps"]) for p in quality["points"]] == [("ddim", 2)]
+    scores = json.loads((out / "conditional" / "guidance_quality.json").read_text())
+    assert [(p["method"], p["weight"]) for p in scores["points"]] == [("cfg", 0.0), ("cfg", 1.0)]
+    exported = out / "conditional" / "mnist_conditional"
+    assert (exported / "model.safetensors").exists() and (exported / "config.json").exists()
+    assert not (tmp_path / "out" / "conditional" / "run").exists()  # the big run stays outside
