@@ -88,7 +88,7 @@ def main() -> int:
         "--digits", type=int, default=200, help="digits for the uniform-t estimate"
     )
     parser.add_argument("--terms", type=int, default=10, help="timesteps drawn per digit")
-    parser.add_argument("--exact", type=int, default=6, help="digits with every term summed")
+    parser.add_argument("--exact", type=int, default=20, help="digits with every term summed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
