@@ -237,6 +237,18 @@ def test_training_reads_the_device_only_at_log_steps(schedule, data):
     assert reads[0] == reads[1], reads
 
 
+def test_conditional_training_reads_the_device_only_at_log_steps(schedule):
+    """With labels and label dropout too: the labels are checked once, at train's entry."""
+    data, labels = conditional_data()
+    reads = []
+    for num_steps in (3, 9):
+        with DeviceReads() as counter:
+            config = tiny_run(num_steps=num_steps, log_every=100, label_dropout=0.2)
+            train(new_model(num_classes=3), schedule, data, config, progress=False, labels=labels)
+        reads.append(counter.count)
+    assert reads[0] == reads[1], reads
+
+
 def conditional_data(n: int = 30):
     """Images that say which they are (image i is filled with -1 + 2 i / (n - 1)), and labels."""
     data = torch.linspace(-1, 1, n).view(n, 1, 1, 1).expand(n, 1, 8, 8).contiguous()
@@ -248,7 +260,7 @@ def image_index(x0: torch.Tensor, n: int = 30) -> torch.Tensor:
 
 
 def test_train_drops_labels_at_the_configured_rate(monkeypatch, schedule):
-    """train hands each step's labels to train_step: a fraction label_dropout of them (within 4
+    """train hands each step's labels to its loss: a fraction label_dropout of them (within 4
     binomial standard deviations over 100 steps of 32) is the null label, the rest are the
     images' own; the same seed draws the same labels."""
     data, labels = conditional_data()
@@ -257,11 +269,11 @@ def test_train_drops_labels_at_the_configured_rate(monkeypatch, schedule):
     def labels_seen():
         seen = []
 
-        def fake_step(net, schedule, x0, optimizer, *, labels, **_):
+        def fake_loss(net, schedule, x0, t, eps, generator, labels=None):
             seen.append((image_index(x0), labels.clone()))
-            return torch.zeros(())
+            return torch.zeros((), requires_grad=True)
 
-        monkeypatch.setattr(training, "train_step", fake_step)
+        monkeypatch.setattr(training, "noise_loss", fake_loss)
         train(new_model(num_classes=3), schedule, data, config, progress=False, labels=labels)
         return seen
 
