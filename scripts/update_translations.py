@@ -56,6 +56,22 @@ def update_catalogues(pot_dir: Path = POT_DIR) -> None:
     result = subprocess.run([*cmd, "--no-obsolete", "-j", "1"], cwd=ROOT)
     if result.returncode != 0:
         sys.exit("update_translations: sphinx-intl update failed")
+    for po in (LOCALES / LANGUAGE / "LC_MESSAGES").rglob("*.po"):
+        po.write_text(drop_format_flags(po.read_text(encoding="utf-8")), encoding="utf-8")
+
+
+def drop_format_flags(po_text: str) -> str:
+    """The catalogue without Babel's `python-format` flags: prose with "1% of" is no format
+    string, and the flag makes `msgfmt -c` demand the same % codes in the translation."""
+    out = []
+    for line in po_text.splitlines(keepends=True):
+        if line.startswith("#,"):
+            flags = [f.strip() for f in line[2:].split(",") if f.strip() != "python-format"]
+            if not flags:
+                continue
+            line = "#, " + ", ".join(flags) + "\n"
+        out.append(line)
+    return "".join(out)
 
 
 def main() -> None:
