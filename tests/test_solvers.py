@@ -1,5 +1,6 @@
-"""ddpm_lib.sampling's solvers (chapter 09): timesteps, DDIM and DPM-Solver++(2M), checked against
-closed forms, Monte Carlo, and diffusers' schedulers (an independent implementation)."""
+"""The solvers of the sampling loop (ddpm_lib.solvers, chapter 09): timesteps, DDIM and
+DPM-Solver++(2M), checked against closed forms, Monte Carlo, and diffusers' schedulers (an
+independent implementation)."""
 
 import math
 
@@ -11,10 +12,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from ddpm_lib.forward import q_sample
 from ddpm_lib.profiling import DeviceReads
 from ddpm_lib.sampling import (
-    DDIMSolver,
     DDPMSolver,
-    DPMSolverPP2M,
-    ddim_step,
     jump_coefficients,
     p_mean_variance,
     sample,
@@ -23,6 +21,7 @@ from ddpm_lib.sampling import (
     timesteps,
 )
 from ddpm_lib.schedules import NoiseSchedule, linear_betas
+from ddpm_lib.solvers import DDIMSolver, DPMSolverPP2M, ddim_step
 from ddpm_lib.unet import UNet
 
 T = 1000
