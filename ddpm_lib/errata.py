@@ -188,7 +188,7 @@ class GaussianMixtureOracle:
     Data: x_0 ~ sum_k w_k N(mu_k, sigma_k^2 I) in D dimensions; r_k(x_t) is the posterior
     probability of component k given x_t. Called like a model: oracle(xt (B, D), t (B,) or int)
     -> (B, D).
-    Book Eq. (eq-oracle).
+    Book Eq. (eq-oracle); with one component, Book Eq. (eq-gaussian-oracle).
     """
 
     def __init__(self, schedule: NoiseSchedule, means, stds, weights=None):

@@ -49,7 +49,8 @@ def predict_x0_from_eps(schedule: NoiseSchedule, xt, t, eps):
 
     Returns:
         (B, ...) x_0 (a prediction of it, when eps is a prediction). Book Eq. (eq-x0-from-eps);
-        Ho et al. Eq. 4 solved for x_0 (the paper uses it in Eqs. 9 and 15).
+        Ho et al. Eq. 4 solved for x_0 (the paper uses it in Eqs. 9 and 15). With the optimal
+        eps, E[eps | x_t], it is Tweedie's E[x_0 | x_t] (Book Eq. (eq-tweedie)).
     """
     check_same_shape(xt=xt, eps=eps)
     t = check_timesteps(t, schedule.num_timesteps, xt)

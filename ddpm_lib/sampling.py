@@ -57,7 +57,9 @@ def mean_from_eps(xt, eps_pred, alpha_t, beta_t, sqrt_one_minus_ab_t) -> torch.T
             for one timestep per item, or 0-d for the whole batch.
 
     Returns:
-        (B, ...) mu_theta(x_t, t). Book Eq. (eq-mu-theta); Ho et al. Eq. 11.
+        (B, ...) mu_theta(x_t, t). Book Eq. (eq-mu-theta); Ho et al. Eq. 11. With the true noise
+        it is the posterior mean (Book Eq. (eq-posterior-mean-eps)); with E[eps | x_t], the
+        oracle's, it is E[x_{t-1} | x_t] (Book Eq. (eq-oracle-mean)).
     """
     return (xt - beta_t / sqrt_one_minus_ab_t * eps_pred) / alpha_t.sqrt()
 

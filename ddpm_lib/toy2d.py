@@ -65,7 +65,10 @@ class ToyEpsMLP(nn.Module):
         self.out = nn.Linear(hidden, 2)
 
     def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
-        """(B,) timesteps -> (B, time_features) sines and cosines of t at geometric frequencies."""
+        """(B,) timesteps -> (B, time_features) sines and cosines of t at geometric frequencies.
+
+        Book Eq. (eq-toy-time-embedding).
+        """
         half = self.time_features // 2
         freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=t.device) / half)
         angles = (t.float() * (1000 / self.num_timesteps))[:, None] * freqs[None]  # (B, half)
