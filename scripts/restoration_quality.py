@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))  # use this checkout's ddpm_lib
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from ddpm_lib.checkpoints import load_pretrained  # noqa: E402
 from ddpm_lib.data import load_images  # noqa: E402
 from ddpm_lib.metrics import classifier_accuracy, load_digit_classifier  # noqa: E402
 from ddpm_lib.restoration import (  # noqa: E402
@@ -49,7 +50,6 @@ from ddpm_lib.restoration import (  # noqa: E402
     super_resolve,
     upsample,
 )
-from ddpm_lib.training import load_pretrained  # noqa: E402
 from ddpm_lib.utils import get_device  # noqa: E402
 
 DEFAULT_OUT = ROOT / "book" / "results" / "restoration_quality.json"
