@@ -11,7 +11,6 @@ __all__ = ['ArticleUnet', 'ArticleBlock', 'ArticleDDPM', 'run_article_script', '
 
 # %% ../notebooks/08_errata.ipynb #d4b843ff
 import math
-from collections import deque
 from contextlib import contextmanager
 from dataclasses import fields
 
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 
 from .losses import simple_loss
 from .posterior import predict_x0_from_eps
-from .sampling import DDPMSolver, mean_from_eps, sample, sample_loop
+from .sampling import DDPMSolver, final_x, mean_from_eps, sample, sample_loop
 from .schedules import NoiseSchedule
 from .utils import check_timesteps, extract
 
@@ -305,7 +304,7 @@ def run_chain(step, model, schedule: NoiseSchedule, x, generator=None) -> torch.
     """
     ts = range(schedule.num_timesteps, -1, -1)  # T, ..., 1, 0
     with _one_thread():
-        return deque(sample_loop(model, schedule, x, ts, step, generator=generator), 1)[0][1]
+        return final_x(sample_loop(model, schedule, x, ts, step, generator=generator))
 
 
 def random_timestep_model(model, num_timesteps: int, generator=None):
@@ -448,7 +447,7 @@ def strided_chain(model, schedule: NoiseSchedule, x, stride: int, generator=None
     ts = [*range(schedule.num_timesteps, 0, -stride), 0]
     step = DDPMSolver().step if previous == "s" else one_step_jump
     with _one_thread():
-        return deque(sample_loop(model, schedule, x, ts, step, generator=generator), 1)[0][1]
+        return final_x(sample_loop(model, schedule, x, ts, step, generator=generator))
 
 
 def best_constant(samples: torch.Tensor, loss: str = "mse", delta: float = 1.0) -> float:

@@ -12,7 +12,14 @@ from itertools import pairwise
 import torch
 
 from .posterior import predict_x0_from_eps
-from .sampling import SOLVERS, jump_coefficients, noise_like, predict_eps, timesteps
+from .sampling import (
+    SOLVERS,
+    jump_coefficients,
+    noise_like,
+    predict_eps,
+    sampling_context,
+    timesteps,
+)
 from .schedules import NoiseSchedule
 from .unet import checked_once
 
@@ -115,10 +122,7 @@ def ddim_invert(model, schedule: NoiseSchedule, x0, num_steps: int, spacing: str
     """
     ts = [0, *timesteps(schedule.num_timesteps, num_steps, spacing)[::-1]]
     net = checked_once(model, tuple(x0.shape), schedule.num_timesteps)
-    was_training = getattr(model, "training", False)
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-    try:
+    with sampling_context(model, schedule, device=x0.device) as (schedule, _):
         x = x0
         for t, t_next in pairwise(ts):
             t_eval = max(t, ts[1])  # x_0 has no noise level of its own: use the first one
@@ -127,9 +131,6 @@ def ddim_invert(model, schedule: NoiseSchedule, x0, num_steps: int, spacing: str
             x = schedule.sqrt_alpha_bars[t_next] * x0_pred + (
                 schedule.sqrt_one_minus_alpha_bars[t_next] * eps
             )
-    finally:
-        if isinstance(model, torch.nn.Module):
-            model.train(was_training)
     return x
 
 # %% ../notebooks/09_faster_sampling.ipynb #6e903e62

@@ -37,16 +37,19 @@ import torch.nn.functional as F  # noqa: E402
 
 from ddpm_lib.checkpoints import load_pretrained  # noqa: E402
 from ddpm_lib.data import load_images  # noqa: E402
-from ddpm_lib.metrics import classifier_accuracy, load_digit_classifier  # noqa: E402
+from ddpm_lib.metrics import (  # noqa: E402
+    classifier_accuracy,
+    gaussian_blur,
+    load_digit_classifier,
+    psnr,
+)
 from ddpm_lib.restoration import (  # noqa: E402
     MASKS,
     denoise,
     downsample,
-    gaussian_blur,
     inpaint,
     make_mask,
     noise_level_to_timestep,
-    psnr,
     super_resolve,
     upsample,
 )

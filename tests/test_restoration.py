@@ -12,18 +12,17 @@ from scipy.ndimage import gaussian_filter
 
 from ddpm_lib.errata import GaussianMixtureOracle
 from ddpm_lib.forward import q_sample
+from ddpm_lib.metrics import gaussian_blur, psnr
 from ddpm_lib.restoration import (
     MASKS,
     check_mask,
     denoise,
     downsample,
-    gaussian_blur,
     inpaint,
     low_pass,
     make_mask,
     noise_level_to_timestep,
     noise_levels,
-    psnr,
     renoise,
     repaint_segments,
     super_resolve,
