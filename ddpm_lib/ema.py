@@ -16,7 +16,8 @@ from torch import nn
 class EMA:
     """An exponential moving average of a model's weights, the copy used for sampling.
 
-    theta_ema <- d * theta_ema + (1 - d) * theta,  d = decay (or min(decay, (1+n)/(10+n)))
+    theta_ema <- gamma * theta_ema + (1 - gamma) * theta,  gamma = decay (or, with the warm-up,
+    min(decay, (1+n)/(10+n)) after n updates)
 
     Book Eq. (eq-ema).
     """
@@ -26,7 +27,7 @@ class EMA:
         self.decay, self.warmup, self.num_updates = decay, warmup, 0
 
     def current_decay(self) -> float:
-        """The decay d of the next update."""
+        """The decay gamma of the next update."""
         n = self.num_updates
         return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
 
