@@ -66,8 +66,8 @@ def classifier_guidance(classifier, schedule: NoiseSchedule, labels, scale: floa
 class GaussianClasses:
     """Exact noise predictions for data in K Gaussian classes, as a class-conditional "model".
 
-    x_0 | y ~ N(mu_y, s^2 I), p(y) = w_y;  x_t | y ~ N(sqrt(ab_t) mu_y, v_t I),
-    v_t = ab_t s^2 + 1 - ab_t;  eps*(x_t, y) = sqrt(1 - ab_t) (x_t - sqrt(ab_t) mu_y) / v_t
+    x_0 | y ~ N(mu_y, sigma^2 I), p(y) = w_y;  x_t | y ~ N(sqrt(ab_t) mu_y, v_t I),
+    v_t = ab_t sigma^2 + 1 - ab_t;  eps*(x_t, y) = sqrt(1 - ab_t) (x_t - sqrt(ab_t) mu_y) / v_t
 
     Called as model(xt, t, labels): labels in 0..K-1 give eps*(x_t, y); the null label K (or
     labels=None) gives the unconditional eps*(x_t) = sum_y p(y | x_t) eps*(x_t, y).

@@ -45,11 +45,11 @@ ZH_HTML = HTML / "zh"
 EXECUTION_CACHE = ROOT / "_build" / ".jupyter_cache"  # execute: cache: in _config.yml
 BIN = Path(sys.executable).parent
 
-# The translation gate. False: the build lists what the Chinese edition has left to translate
-# (untranslated, fuzzy, or with its math or code changed) and goes on. True: any such message
-# fails the build, and so `make book` and `make test`. Set it to True once every page is
-# translated. TRANSLATIONS_STRICT=1 (or =0) in the environment overrides it for one run.
-TRANSLATIONS_STRICT = False
+# The translation gate. True (every page is translated): any message that the Chinese edition
+# has left to translate (untranslated, fuzzy, or with its math or code changed) fails the build,
+# and so `make book` and `make test`: a prose change is not done until it is translated. False
+# would only list them. TRANSLATIONS_STRICT=1 (or =0) in the environment overrides it for one run.
+TRANSLATIONS_STRICT = True
 # Sphinx settings of the Chinese edition, on top of _config.yml's (which has locale_dirs).
 ZH_SETTINGS = {"language": "zh_CN", "html_title": "从第一性原理理解 DDPM"}
 
