@@ -7,12 +7,12 @@ with the package; and the PNG grids of samples kept beside them."""
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'WEIGHTS_FILE', 'CONFIG_FILE', 'STATE_FILE', 'PRETRAINED', 'save_checkpoint',
            'recover_checkpoint', 'load_checkpoint', 'load_training_state', 'save_image_grid', 'pretrained_path',
-           'load_pretrained', 'export_checkpoint']
+           'load_pretrained', 'export_checkpoint', 'init_weights']
 
 # %% ../notebooks/07_training_and_sampling.ipynb #5221f4c5
 import json
 import shutil
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from importlib import resources
 from pathlib import Path
 
@@ -381,3 +381,25 @@ def export_checkpoint(
     dest = Path(dest)
     _write_folder(dest, _sampling_tensors(model.state_dict(), schedule, dtype), config)
     return dest
+
+
+def init_weights(model: UNet, source: str | Path) -> None:
+    """Fine-tuning: copy into `model` the weights of a checkpoint folder or a shipped model's name.
+
+    The U-Nets must have the same architecture, with one exception: a class-conditional model
+    may start from an unconditional checkpoint. Its class embedding then keeps its zero start,
+    so that it begins as the unconditional model, whatever the label (chapter 10's shipped
+    mnist_conditional model began so). ValueError for any other difference.
+    """
+    path = pretrained_path(source) if str(source) in PRETRAINED else Path(source)
+    trained, _, _ = load_checkpoint(path, device=next(model.parameters()).device)
+    weights, saved = trained.state_dict(), trained.config
+    if saved.num_classes is None and model.config.num_classes is not None:
+        saved = replace(saved, num_classes=model.config.num_classes)
+        weights["class_emb.weight"] = torch.zeros_like(model.class_emb.weight)
+    if saved != model.config:
+        raise ValueError(
+            f"{source} holds a U-Net {trained.config}, which this model ({model.config}) cannot "
+            "start from: the architectures differ"
+        )
+    model.load_state_dict(weights)

@@ -26,6 +26,7 @@ from .batches import fit_images
 from .checkpoints import (
     PRETRAINED,
     export_checkpoint,
+    init_weights,
     load_checkpoint,
     load_pretrained,
     save_image_grid,
@@ -51,6 +52,7 @@ TRAIN_EXAMPLES = """examples:
     ddpm-train --preset toy --data mini_mnist --out runs/toy --steps 50
     ddpm-train --preset toy --data my_images/ --out runs/mine --steps 50
     ddpm-train --preset mnist_conditional --data mnist --out runs/mnist_conditional
+    ddpm-train --preset mnist_conditional --init mnist --out runs/finetuned --steps 2000
     ddpm-train --preset toy --conditional --out runs/toy_conditional --steps 50
     torchrun --nproc_per_node 4 scripts/train.py --preset ddpm_cifar10 --out runs/cifar10
 
@@ -88,6 +90,15 @@ def train_arguments(argv=None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, help="wall-time budget of the training loop")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument(
+        "--warmup-steps", type=int, help="learning-rate warm-up (default: the preset's)"
+    )
+    p.add_argument(
+        "--init",
+        help="fine-tune: start from the weights of a checkpoint folder or a shipped model "
+        "(mnist); a class-conditional run may start from an unconditional model of the same "
+        "architecture, its class embedding at zero",
+    )
     p.add_argument(
         "--precision",
         choices=("auto", *PRECISIONS),
@@ -158,6 +169,7 @@ def train_main(argv=None) -> int:
         "max_minutes": args.max_minutes,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
         "log_every": args.log_every,
         "checkpoint_every": args.checkpoint_every,
         "sample_every": args.sample_every,
@@ -207,6 +219,11 @@ def train_main(argv=None) -> int:
     data = fit_images(images, unet_config.image_size)
     schedule = NoiseSchedule.from_betas(linear_betas(unet_config.num_timesteps))
     model = UNet(unet_config).to(device)
+    if args.init is not None:
+        try:
+            init_weights(model, args.init)
+        except (FileNotFoundError, ValueError) as err:
+            sys.exit(f"ddpm-train: --init {args.init}: {err}")
     budget = f" or {config.max_minutes} min" if config.max_minutes else ""
     processes = f" x {procs.world_size} processes" if procs.world_size > 1 else ""
     classes = (
@@ -218,7 +235,8 @@ def train_main(argv=None) -> int:
     say(
         f"preset {args.preset}: {count_parameters(model):,d} parameters; data {data_name} "
         f"{tuple(data.shape)}{classes}; {device} ({hardware(device)}){processes}, "
-        f"{config.precision}; up to {config.num_steps} steps{budget}",
+        f"{config.precision}; up to {config.num_steps} steps{budget}"
+        + (f"; starting from {args.init}" if args.init else ""),
         flush=True,
     )
 
@@ -238,6 +256,7 @@ def train_main(argv=None) -> int:
         "command": _invocation() + " " + shlex.join(sys.argv[1:] if argv is None else argv),
         "preset": args.preset,
         "data": data_name,
+        "init": args.init,
         "num_classes": unet_config.num_classes,
         "steps": history.step,
         "stopped_by": history.stopped,

@@ -15,6 +15,7 @@ import ddpm_lib.checkpoints as checkpoints
 from ddpm_lib.checkpoints import (
     PRETRAINED,
     export_checkpoint,
+    init_weights,
     load_checkpoint,
     load_pretrained,
     load_training_state,
@@ -104,6 +105,37 @@ def test_load_checkpoint_refuses_a_mismatch(tmp_path, schedule):
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="cannot read"):
         load_checkpoint(tmp_path / "ckpt")
+
+
+def test_init_weights_fine_tunes_and_a_conditional_model_starts_as_the_unconditional(
+    tmp_path, schedule
+):
+    trained = new_model(seed=1)
+    torch.nn.init.normal_(trained.conv_out.weight)  # not the zero start: eps depends on x
+    save_checkpoint(tmp_path / "ckpt", trained, schedule)
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([1, 3, 7, 10])
+    with torch.no_grad():
+        expected = trained(x, t)
+    same = new_model(seed=2)
+    init_weights(same, tmp_path / "ckpt")
+    conditional = new_model(seed=3, num_classes=3)
+    torch.nn.init.normal_(conditional.class_emb.weight)  # init_weights must zero it
+    init_weights(conditional, tmp_path / "ckpt")
+    assert not conditional.class_emb.weight.any()
+    with torch.no_grad():
+        torch.testing.assert_close(same(x, t), expected, atol=0, rtol=0)
+        for labels in [None, torch.tensor([0, 1, 2, 3])]:  # 3: the null label
+            torch.testing.assert_close(conditional(x, t, labels), expected, atol=0, rtol=0)
+    # Any other difference is refused, and a conditional checkpoint does not lose its classes.
+    for other in [new_model(base_channels=16), new_model(num_timesteps=1000)]:
+        with pytest.raises(ValueError, match="the architectures differ"):
+            init_weights(other, tmp_path / "ckpt")
+    save_checkpoint(tmp_path / "conditional", conditional, schedule)
+    for other in [new_model(), new_model(num_classes=4)]:
+        with pytest.raises(ValueError, match="the architectures differ"):
+            init_weights(other, tmp_path / "conditional")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        init_weights(new_model(), tmp_path / "nowhere")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

@@ -62,3 +62,13 @@ def test_train_then_sample_the_exported_checkpoint(tmp_path):
     sampled = run("ddpm-sample", shared, "--out", grid, "--num", "4", "--steps", "2")
     assert sampled.returncode == 0, sampled.stderr
     assert Image.open(grid).size == (2 * (4 * 16 + 2), 2 * (14 + 4))
+    # Fine-tuning: a class-conditional run starts from the exported unconditional weights.
+    tuned = run("ddpm-train", "--preset", "toy", "--conditional", "--init", shared, "--out",
+                tmp_path / "tuned", "--steps", "1", "--batch-size", "4", "--sample-images", "0",
+                "--no-progress")  # fmt: skip
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    assert f"starting from {shared}" in tuned.stdout and '"num_classes": 10' in tuned.stdout
+    refused = run("ddpm-train", "--preset", "toy", "--init", "mnist", "--out", tmp_path / "no",
+                  "--steps", "1", "--no-progress")  # fmt: skip
+    assert refused.returncode != 0 and "the architectures differ" in refused.stderr
+    assert not (tmp_path / "no" / "checkpoint").exists()
