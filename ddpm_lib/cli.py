@@ -94,6 +94,12 @@ def train_arguments(argv=None) -> argparse.Namespace:
         "--warmup-steps", type=int, help="learning-rate warm-up (default: the preset's)"
     )
     p.add_argument(
+        "--class-lr-scale",
+        type=float,
+        help="the class embedding's learning rate in multiples of --lr (default 1; larger to "
+        "fine-tune an unconditional model into a conditional one)",
+    )
+    p.add_argument(
         "--init",
         help="fine-tune: start from the weights of a checkpoint folder or a shipped model "
         "(mnist); a class-conditional run may start from an unconditional model of the same "
@@ -170,6 +176,7 @@ def train_main(argv=None) -> int:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "warmup_steps": args.warmup_steps,
+        "class_lr_scale": args.class_lr_scale,
         "log_every": args.log_every,
         "checkpoint_every": args.checkpoint_every,
         "sample_every": args.sample_every,

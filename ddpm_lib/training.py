@@ -48,6 +48,7 @@ class TrainConfig:
     ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) after n updates
     random_flip: bool = False  # left-right flips (the paper flips CIFAR-10; never flip digits)
     label_dropout: float = 0.0  # class-conditional models: P(label -> null label), p_uncond
+    class_lr_scale: float = 1.0  # the class embedding's learning rate, in multiples of lr
     precision: str = "fp32"  # "bf16" or "fp16": autocast on CUDA; a CPU always runs fp32
     channels_last: bool = False  # fast path (chapter 20): channels-last weights and inputs
     compile: bool = False  # fast path: torch.compile the network (the first step compiles)
@@ -66,8 +67,9 @@ class TrainConfig:
         for name in ("num_steps", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        for name in ("lr", "class_lr_scale"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 <= self.label_dropout < 1:
@@ -201,10 +203,11 @@ def gradient_step(
     """One optimizer step on the loss that compute_loss() returns (under autocast if amp_dtype).
 
     theta <- AdamW step on grad L, its global norm clipped to grad_clip (0: no clipping), with
-    loss scaling for float16. Returns the loss, detached. train_step and train's loop use it.
+    loss scaling for float16; a parameter group's "lr_scale" multiplies lr. Returns the loss,
+    detached. train_step and train's loop use it.
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
         loss = compute_loss()
     optimizer.zero_grad(set_to_none=True)
@@ -265,12 +268,11 @@ def train(
     A class-conditional U-Net trains on `labels`, each replaced by the null label with
     probability config.label_dropout, for classifier-free guidance (chapter 10).
 
-    NaN or inf stops training (FloatingPointError) and never reaches a checkpoint. The data
-    are checked once, here (ValueError for bad data or labels).
-    The loop reads the device only at log steps, where it reads the mean loss anyway, and with
-    it the first step whose loss was NaN or inf (a read per step would make each step wait for
-    the GPU); save_checkpoint checks the weights first, so a run that diverges between two log
-    steps keeps its last good checkpoint.
+    NaN or inf stops training (FloatingPointError) and never reaches a checkpoint. The data are
+    checked once, here (ValueError for bad data or labels). The loop reads the device only at
+    log steps, where it reads the mean loss anyway, and with it the first step whose loss was
+    NaN or inf (a read per step would make each step wait for the GPU); save_checkpoint checks
+    the weights first, so a run that diverges between two log steps keeps its last good one.
 
     Args:
         model: the U-Net, on the device to train on.
@@ -298,7 +300,10 @@ def train(
     schedule, data = schedule.to(device), data.to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     adamw = {"weight_decay": config.weight_decay, "fused": config.fused_adam or None}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, **adamw)
+    groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("class_")]}]
+    if model.class_emb is not None:  # a learning rate of its own (to fine-tune, see the text)
+        groups.append({"params": [model.class_emb.weight], "lr_scale": config.class_lr_scale})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, **adamw)
     ema = EMA(model, config.ema_decay, config.ema_warmup)
     amp_dtype = autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -312,12 +317,7 @@ def train(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     run = _Run.begin(step, device)
-    step_options = {
-        "grad_clip": config.grad_clip,
-        "amp_dtype": amp_dtype,
-        "scaler": scaler,
-        "device_type": device.type,
-    }
+    step_options = dict(grad_clip=config.grad_clip, amp_dtype=amp_dtype, scaler=scaler)
 
     def log() -> dict:
         record, bad_step = run.record(lr, config.batch_size, procs)
@@ -339,13 +339,10 @@ def train(
         saved_step = run.step
 
     def grid() -> None:  # EMA samples; a class-conditional model draws classes 0, 1, 2, ...
-        shape, num_classes = (config.num_sample_images, *data.shape[1:]), model.config.num_classes
-        if shape[0] > 0:
-            y = (
-                None
-                if num_classes is None
-                else torch.arange(shape[0], device=device) % num_classes
-            )
+        n, num_classes = config.num_sample_images, model.config.num_classes
+        if n > 0:
+            shape = (n, *data.shape[1:])
+            y = None if num_classes is None else torch.arange(n, device=device) % num_classes
             gen = torch.Generator(device=device).manual_seed(config.seed + 1)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 images = sample(ema.model, schedule, shape, gen, labels=y, progress=False)
@@ -375,6 +372,7 @@ def train(
             partial(noise_loss, net, schedule, x0, t, eps, generator, labels=y),
             optimizer,
             lr=lr,
+            device_type=device.type,
             **step_options,
         )
         ema.update(model)

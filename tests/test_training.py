@@ -309,6 +309,30 @@ def test_class_conditional_training(tmp_path, schedule):
         train(model, schedule, data, config, progress=False, labels=labels * 0 + 3)
 
 
+def test_class_lr_scale_multiplies_the_class_embeddings_step_alone(schedule):
+    """Adam's step is lr * m_hat / (sqrt(v_hat) + eps), where m_hat and v_hat depend on the
+    gradients alone: the class embedding moves class_lr_scale times as far, the rest the same."""
+    data, labels = conditional_data()
+    moved = {}
+    for scale in [1.0, 10.0]:
+        model = new_model(num_classes=3)
+        with torch.no_grad():  # no zero-initialised layer, so that every weight gets a gradient
+            for weight in model.parameters():
+                weight.normal_(0, 0.05)
+        start = {n: w.detach().clone() for n, w in model.named_parameters()}
+        config = tiny_run(num_steps=1, warmup_steps=0, class_lr_scale=scale, ema_decay=0.0)
+        train(model, schedule, data, config, progress=False, labels=labels)
+        moved[scale] = {n: (w - start[n]).detach() for n, w in model.named_parameters()}
+    step_1, step_10 = moved[1.0].pop("class_emb.weight"), moved[10.0].pop("class_emb.weight")
+    assert step_1.abs().max() > 0
+    torch.testing.assert_close(step_10, 10 * step_1, rtol=1e-5, atol=0)
+    for name, step in moved[1.0].items():
+        torch.testing.assert_close(moved[10.0][name], step, rtol=0, atol=0)
+    for bad in [0.0, -1.0, float("inf")]:
+        with pytest.raises(ValueError, match="class_lr_scale must be a positive number"):
+            tiny_run(class_lr_scale=bad)
+
+
 def test_time_budget_stops_training(schedule, data):
     history = train(new_model(), schedule, data, tiny_run(max_minutes=0.0), progress=False)
     assert history.stopped == "max_minutes" and history.step == 0 and history.records == []
