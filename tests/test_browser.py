@@ -50,9 +50,6 @@ ALLOWED_CONSOLE_ERRORS: list[re.Pattern] = []
 # Text that means TeX was not typeset: $$, \( \) \[ \], or a TeX command such as \frac.
 RAW_TEX = re.compile(r"\$\$|\\[()[\]]|\\[a-zA-Z]+")
 HIDDEN_TAGS = {"remove-cell", "remove_cell", "remove-output", "remove_output"}
-# A cell tagged so plots only when an optional file is present (chapter 10's class-conditional
-# checkpoint, trained on a GPU); its figures are not counted.
-OPTIONAL_FIGURE_TAG = "optional-figure"
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -235,7 +232,7 @@ def expected_figures(toc_page: str) -> int:
         for c in cells
         if c["cell_type"] == "code"
         and re.search(r"plt\.show\(\)", "".join(c["source"]))
-        and not (HIDDEN_TAGS | {OPTIONAL_FIGURE_TAG}) & set(c.get("metadata", {}).get("tags", []))
+        and not HIDDEN_TAGS & set(c.get("metadata", {}).get("tags", []))
     )
 
 

@@ -4,6 +4,7 @@ save that was killed, loading, the float16 export, the pretrained registry, the 
 import json
 import shutil
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -245,14 +246,20 @@ def test_every_pretrained_model_ships_with_the_package():
         assert pretrained_path(name) == ROOT / "ddpm_lib" / "pretrained" / name
 
 
-def test_pretrained_checkpoint_if_shipped():
-    folder = pretrained_path("mnist")
+@pytest.mark.parametrize("name, num_classes", [("mnist", None), ("mnist_conditional", 10)])
+def test_pretrained_checkpoint_if_shipped(name, num_classes):
+    folder = pretrained_path(name)
     if not (folder / "model.safetensors").exists():
-        pytest.skip("no pretrained checkpoint in this checkout yet")
-    assert (folder / "model.safetensors").stat().st_size <= 25 * 2**20
-    model, schedule = load_pretrained("mnist")
-    assert model.config == UNetConfig.mnist() and schedule.num_timesteps == 1000
-    assert 6e6 < count_parameters(model) < 7e6
+        pytest.skip(f"no pretrained {name} checkpoint in this checkout yet")
+    assert (folder / "model.safetensors").stat().st_size <= 15 * 2**20
+    assert (folder / "README.md").exists() and (folder / "log.jsonl").exists()
+    model, schedule = load_pretrained(name)
+    assert model.config == replace(UNetConfig.mnist(), num_classes=num_classes)
+    assert schedule.num_timesteps == 1000 and 6e6 < count_parameters(model) < 7e6
+    x, t = torch.zeros(2, 1, 28, 28), torch.tensor([10, 900])
     with torch.no_grad():
-        eps = model(torch.zeros(2, 1, 28, 28), torch.tensor([10, 900]))
-    assert eps.shape == (2, 1, 28, 28) and eps.abs().max() > 0  # trained: no longer all zeros
+        eps = model(x, t)
+        assert eps.shape == (2, 1, 28, 28) and eps.abs().max() > 0  # trained: not all zeros
+        if num_classes is not None:  # the classes were learnt: each label predicts its own eps
+            by_label = torch.stack([model(x, t, torch.full((2,), k)) for k in range(10)])
+            assert (by_label[:, 0] - by_label[:, 0].mean(0)).abs().amax() > 0.05  # 0.20 at t=10

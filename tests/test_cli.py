@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 ENV = os.environ | {"OMP_NUM_THREADS": "1"}
 
 
@@ -33,6 +34,18 @@ def test_sample_writes_a_grid_from_a_shipped_model(tmp_path):
     assert "6 images, 3 steps of dpm_solver++" in result.stdout
     width, height = Image.open(out).size
     assert (width, height) == (2 * (3 * 30 + 2), 2 * (2 * 30 + 2))  # 3 x 2 digits, scale 2
+
+
+def test_sample_draws_a_class_with_guidance_from_the_conditional_model(tmp_path):
+    if not (ROOT / "ddpm_lib" / "pretrained" / "mnist_conditional" / "model.safetensors").exists():
+        pytest.skip("no class-conditional checkpoint in this checkout")
+    out = tmp_path / "sevens.png"
+    result = run("ddpm-sample", "mnist_conditional", "--out", out, "--label", "7",
+                 "--guidance", "2", "--num", "2", "--steps", "2")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).size == (2 * (2 * 30 + 2), 2 * (30 + 2))
+    refused = run("ddpm-sample", "mnist_conditional", "--out", out, "--label", "10")
+    assert refused.returncode != 0 and "--label must be 0..9 or 'all'" in refused.stderr
 
 
 def test_sample_refuses_bad_requests(tmp_path):
