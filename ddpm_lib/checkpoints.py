@@ -7,7 +7,7 @@ with the package; and the PNG grids of samples kept beside them."""
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'WEIGHTS_FILE', 'CONFIG_FILE', 'STATE_FILE', 'PRETRAINED', 'save_checkpoint',
            'recover_checkpoint', 'load_checkpoint', 'load_training_state', 'save_image_grid', 'pretrained_path',
-           'load_pretrained', 'export_checkpoint', 'init_weights']
+           'load_pretrained', 'load_model', 'export_checkpoint', 'init_weights']
 
 # %% ../notebooks/07_training_and_sampling.ipynb #5221f4c5
 import json
@@ -368,6 +368,14 @@ def load_pretrained(name: str = "mnist", device: str | torch.device = "cpu"):
     return model, schedule
 
 
+def load_model(source: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, schedule) from a shipped model's name or a checkpoint folder."""
+    if str(source) in PRETRAINED:
+        return load_pretrained(str(source), device=device)
+    model, schedule, _ = load_checkpoint(source, device=device)
+    return model, schedule
+
+
 def export_checkpoint(
     checkpoint: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16, extra=None
 ) -> Path:
@@ -391,8 +399,7 @@ def init_weights(model: UNet, source: str | Path) -> None:
     so that it begins as the unconditional model, whatever the label (chapter 10's shipped
     mnist_conditional model began so). ValueError for any other difference.
     """
-    path = pretrained_path(source) if str(source) in PRETRAINED else Path(source)
-    trained, _, _ = load_checkpoint(path, device=next(model.parameters()).device)
+    trained, _ = load_model(source, device=next(model.parameters()).device)
     weights, saved = trained.state_dict(), trained.config
     if saved.num_classes is None and model.config.num_classes is not None:
         saved = replace(saved, num_classes=model.config.num_classes)

@@ -28,7 +28,7 @@ from .checkpoints import (
     export_checkpoint,
     init_weights,
     load_checkpoint,
-    load_pretrained,
+    load_model,
     save_image_grid,
 )
 from .data import DATASETS, load_images
@@ -385,10 +385,7 @@ def sample_main(argv=None) -> int:
     args = sample_arguments(argv)
     device = torch.device(args.device) if args.device else get_device()
     try:
-        if args.model in PRETRAINED:
-            model, schedule = load_pretrained(args.model, device=device)
-        else:
-            model, schedule, _ = load_checkpoint(Path(args.model), device=device)
+        model, schedule = load_model(args.model, device=device)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"ddpm-sample: {err}")
     num_classes = model.config.num_classes

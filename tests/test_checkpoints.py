@@ -18,6 +18,7 @@ from ddpm_lib.checkpoints import (
     export_checkpoint,
     init_weights,
     load_checkpoint,
+    load_model,
     load_pretrained,
     load_training_state,
     pretrained_path,
@@ -137,6 +138,26 @@ def test_init_weights_fine_tunes_and_a_conditional_model_starts_as_the_unconditi
             init_weights(other, tmp_path / "conditional")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         init_weights(new_model(), tmp_path / "nowhere")
+
+
+def test_load_model_takes_a_folder_or_a_shipped_name(monkeypatch, tmp_path, schedule):
+    trained = new_model(seed=1)
+    torch.nn.init.normal_(trained.conv_out.weight)
+    save_checkpoint(tmp_path / "ckpt", trained, schedule)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
+    for source in [tmp_path / "ckpt", str(tmp_path / "ckpt")]:
+        model, loaded_schedule = load_model(source)
+        assert not model.training and loaded_schedule.num_timesteps == schedule.num_timesteps
+        with torch.no_grad():
+            torch.testing.assert_close(model(x, t), trained(x, t), atol=0, rtol=0)
+    # A registered name is looked up in the package, not as a folder of that name.
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tmp_path / "ckpt", tmp_path / "mnist")
+    monkeypatch.setattr(checkpoints, "pretrained_path", lambda name: tmp_path / "shipped" / name)
+    with pytest.raises(FileNotFoundError, match="scripts/train.py --preset mnist"):
+        load_model("mnist")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_model(tmp_path / "nowhere")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
