@@ -30,7 +30,7 @@ from .fast import prepare_model
 from .losses import noise_loss, simple_loss
 from .sampling import sample
 from .schedules import NoiseSchedule
-from .unet import UNet, UNetConfig, checked_once
+from .unet import UNet, UNetConfig
 from .utils import PRECISIONS, autocast_dtype, progress_interval
 
 
@@ -50,7 +50,7 @@ class TrainConfig:
     label_dropout: float = 0.0  # class-conditional models: P(label -> null label), p_uncond
     class_lr_scale: float = 1.0  # the class embedding's learning rate, in multiples of lr
     precision: str = "fp32"  # "bf16" or "fp16": autocast on CUDA; a CPU always runs fp32
-    channels_last: bool = False  # fast path (chapter 20): channels-last weights and inputs
+    channels_last: bool = False  # fast path (ddpm_lib.fast): channels-last weights and inputs
     compile: bool = False  # fast path: torch.compile the network (the first step compiles)
     fused_adam: bool = False  # fast path: AdamW's whole update in one fused kernel
     cuda_graphs: bool = False  # fast path, with compile: replay the network as CUDA graphs
@@ -296,12 +296,13 @@ def train(
     labels = check_training_labels(labels, model.config, len(data), config.label_dropout, device)
     procs = current_distributed()  # process 0 of 1 unless started by torchrun
     per_rank_batch(config.batch_size, procs.world_size)  # refuses a batch they cannot share
-    net = checked_once(_network(model, config, procs), data.shape, schedule.num_timesteps)
+    model.check_input(data.shape, schedule.num_timesteps)  # once: the steps check nothing
+    net = _network(model, config, procs)
     schedule, data = schedule.to(device), data.to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     adamw = {"weight_decay": config.weight_decay, "fused": config.fused_adam or None}
     groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("class_")]}]
-    if model.class_emb is not None:  # a learning rate of its own (to fine-tune, see the text)
+    if model.class_emb is not None:  # a learning rate of its own (TrainConfig.class_lr_scale)
         groups.append({"params": [model.class_emb.weight], "lr_scale": config.class_lr_scale})
     optimizer = torch.optim.AdamW(groups, lr=config.lr, **adamw)
     ema = EMA(model, config.ema_decay, config.ema_warmup)
@@ -396,10 +397,11 @@ def train(
     return History(records=records, ema=ema, step=run.step, stopped=stopped)
 
 
-def _network(model: UNet, config: TrainConfig, procs) -> nn.Module:
-    """What the training steps call: the model itself, or the fast path's wrapper of it."""
+def _network(model: UNet, config: TrainConfig, procs):
+    """What the training steps call: the model's unchecked forward pass (UNet._forward), or the
+    fast path's wrapper of it (TrainConfig.channels_last, compile; several processes)."""
     if not (config.channels_last or config.compile or procs.world_size > 1):
-        return model
+        return model._forward
     ddp = procs.world_size > 1
     return prepare_model(
         model, config.channels_last, config.compile, ddp, cuda_graphs=config.cuda_graphs

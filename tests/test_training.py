@@ -22,7 +22,10 @@ from ddpm_lib.checkpoints import load_checkpoint
 from ddpm_lib.cli import train_arguments
 from ddpm_lib.losses import simple_loss
 from ddpm_lib.profiling import DeviceReads
+from ddpm_lib.restoration import denoise
+from ddpm_lib.sampling import sample
 from ddpm_lib.schedules import NoiseSchedule, linear_betas
+from ddpm_lib.solvers import ddim_invert
 from ddpm_lib.training import EMA, TrainConfig, learning_rate, preset, train, train_step
 from ddpm_lib.unet import UNetConfig
 
@@ -515,3 +518,28 @@ def test_ema_with_warm_up_averages_as_computed_by_hand():
     for got, want in zip(ema.model.parameters(), by_hand, strict=True):
         torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(ema.model[1].running_mean, net[1].running_mean, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["train", "train on the fast path", "simple_loss", "sample", "ddim_invert", "denoise"],
+)
+def test_every_entry_point_refuses_a_schedule_of_another_T(tmp_path, entry):
+    """The U-Net is built for t in 1..10; a schedule of T = 20 would index its tables wrongly."""
+    model, data = new_model(), tiny_data(8)
+    longer = NoiseSchedule.from_betas(linear_betas(2 * T, 1e-3, 0.2))
+    calls = {
+        "train": lambda: train(model, longer, data, tiny_run(), tmp_path, progress=False),
+        "train on the fast path": lambda: train(
+            model, longer, data, tiny_run(channels_last=True), tmp_path, progress=False
+        ),
+        "simple_loss": lambda: simple_loss(model, longer, data),
+        "sample": lambda: sample(model, longer, (2, 1, 8, 8), torch.Generator(), num_steps=3),
+        "ddim_invert": lambda: ddim_invert(model, longer, data[:2], num_steps=3),
+        "denoise": lambda: denoise(model, longer, data[:2].clamp(-1, 1), 0.5, num_steps=2),
+    }
+    with pytest.raises(
+        ValueError, match=f"T = {2 * T} steps but the U-Net was built for t in 1..{T}"
+    ):
+        calls[entry]()
+    assert not (tmp_path / "checkpoint").exists()
