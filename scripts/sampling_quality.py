@@ -10,7 +10,8 @@ timesteps, and scores them as chapter 07 does (ddpm_lib.metrics.quality_table): 
 Frechet distance in the digit classifier's features to the real test digits, the classifier's
 mean confidence and the entropy of its predicted classes. It also gives the distance to the
 1,000 samples that the model's training run drew with all 1,000 steps (stored with the
-checkpoint), and the wall time of each point.
+checkpoint), and the wall time of each point. Each point records the call that made it ("run":
+the command, machine, threads, torch, code version and date); "about" describes the last call.
 
 The results file is rewritten after every point, and a point already in it is skipped, so that
 an interrupted run resumes where it stopped. Chapter 09 reads the committed file
@@ -105,13 +106,18 @@ def main(argv=None) -> int:
     stored_feats = features(classifier, stored)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"points": []}
     done = {(r["solver"], r["steps"], r["num_samples"]) for r in results["points"]}
-    results["about"] = {
+    run = {
         "command": "python scripts/sampling_quality.py " + " ".join(argv or sys.argv[1:]),
         "device": str(device),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "code": code_version(),
         "date": datetime.date.today().isoformat(),
+    }
+    earlier = {k: results.get("about", {}).get(k) for k in run}
+    for row in results["points"]:  # points of an earlier call keep that call's provenance
+        row.setdefault("run", earlier)
+    results["about"] = run | {
         "spacing": "trailing",
         "reference": {
             "stored_1000_step_samples": len(stored),
@@ -125,7 +131,9 @@ def main(argv=None) -> int:
         for solver in args.solvers:
             if (solver, steps, args.num) in done:
                 continue
-            row = point(model, schedule, classifier, stored_feats, solver, steps, args)
+            row = point(model, schedule, classifier, stored_feats, solver, steps, args) | {
+                "run": run
+            }
             print(json.dumps(row), flush=True)
             results["points"].append(row)
             tmp = args.out.with_suffix(".tmp")
