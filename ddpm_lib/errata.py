@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from .losses import simple_loss
 from .posterior import predict_x0_from_eps
-from .sampling import DDPMSolver, final_x, mean_from_eps, sample, sample_loop
+from .reverse import mean_from_eps
+from .sampling import DDPMSolver, final_x, sample, sample_loop
 from .schedules import NoiseSchedule
 from .utils import check_timesteps, extract
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .forward import draw_noise, prior_kl, q_sample, q_sample_unchecked
 from .posterior import q_posterior_mean_variance
-from .sampling import p_mean_variance, predict_eps
+from .reverse import p_mean_variance, predict_eps
 from .schedules import NoiseSchedule
 from .unet import UNet, check_labels, checked_once
 from .utils import check_timesteps

@@ -7,16 +7,17 @@ DPM-Solver++(2M). Importing ddpm_lib registers them in ddpm_lib.sampling.SOLVERS
 __all__ = ['SOLVERS', 'ddim_step', 'DDIMSolver', 'ddim_invert', 'log_snr', 'DPMSolverPP2M']
 
 # %% ../notebooks/09_faster_sampling.ipynb #e84a1d79
+import math
 from itertools import pairwise
 
 import torch
 
 from .posterior import predict_x0_from_eps
+from .reverse import predict_eps
 from .sampling import (
     SOLVERS,
     jump_coefficients,
     noise_like,
-    predict_eps,
     sampling_context,
     timesteps,
 )
@@ -33,6 +34,17 @@ def _check_step(schedule: NoiseSchedule, t: int, t_prev: int) -> None:
             f"need 1 <= t <= T = {schedule.num_timesteps} and 0 <= t_prev < t, "
             f"got t = {t}, t_prev = {t_prev}"
         )
+
+
+def _check_eta(eta) -> float:
+    """DDIM's eta as a float: finite and >= 0, else ValueError."""
+    try:
+        value = float(eta)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    return value
 
 
 def ddim_step(
@@ -63,8 +75,7 @@ def ddim_step(
         eta = 0 an Euler step of the probability-flow ODE (Book Eq. (eq-ddim-ode)).
     """
     _check_step(schedule, t, t_prev)
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    eta = _check_eta(eta)
     if eps_pred.shape != xt.shape:
         raise ValueError(f"eps_pred has shape {tuple(eps_pred.shape)}, xt {tuple(xt.shape)}")
     if eta > 0 and t_prev > 0 and noise is None:
@@ -92,9 +103,7 @@ class DDIMSolver:
     name = "ddim"
 
     def __init__(self, eta: float = 0.0):
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
-        self.eta = eta
+        self.eta = _check_eta(eta)
 
     def step(self, schedule: NoiseSchedule, xt, t: int, s: int, eps_pred, generator=None):
         noise = noise_like(xt, generator) if self.eta > 0 and s > 0 else None

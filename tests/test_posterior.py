@@ -8,7 +8,7 @@ import torch
 from ddpm_lib.errata import GaussianMixtureOracle
 from ddpm_lib.forward import q_sample
 from ddpm_lib.posterior import predict_x0_from_eps, q_posterior_mean_variance
-from ddpm_lib.sampling import p_mean_variance
+from ddpm_lib.reverse import p_mean_variance
 from ddpm_lib.schedules import NoiseSchedule, cosine_betas, linear_betas
 
 SCHEDULE = NoiseSchedule.from_betas(linear_betas(1000))

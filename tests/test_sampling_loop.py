@@ -1,12 +1,22 @@
 """ddpm_lib.sampling's loop (chapter 07): sample and sample_progressive, Algorithm 2."""
 
+from itertools import pairwise
+
 import pytest
 import torch
 
 from ddpm_lib.posterior import predict_x0_from_eps
 from ddpm_lib.profiling import randomize_zero_layers
-from ddpm_lib.sampling import p_sample, sample, sample_progressive
+from ddpm_lib.sampling import (
+    DDPMSolver,
+    p_sample,
+    sample,
+    sample_loop,
+    sample_progressive,
+    timesteps,
+)
 from ddpm_lib.schedules import NoiseSchedule, linear_betas
+from ddpm_lib.solvers import DDIMSolver, ddim_step
 from ddpm_lib.unet import UNet, UNetConfig
 
 T = 10
@@ -106,6 +116,66 @@ def test_bad_input_is_refused(model, schedule):
     long_schedule = NoiseSchedule.from_betas(linear_betas(1000))
     with pytest.raises(ValueError, match="T = 1000 steps but the U-Net was built for t in 1..10"):
         sample(model, long_schedule, (2, 1, 8, 8), progress=False)
+
+
+def test_more_bad_input_is_refused_when_called(model, schedule):
+    """Checked when sample_progressive is called, not at the first step; no silent fallbacks."""
+    shape = (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="num_steps"):
+        sample_progressive(model, schedule, shape, num_steps=0)  # not iterated
+    with pytest.raises(ValueError, match="the guidance weight"):
+        sample_progressive(model, schedule, shape, guidance=-1.0)
+    # A solver object that draws noise needs a generator, as eta= does (no global RNG).
+    for kwargs in [{"eta": 0.5}, {"solver": DDIMSolver(0.5)}]:
+        with pytest.raises(ValueError, match="pass a generator"):
+            sample_progressive(model, schedule, shape, num_steps=3, **kwargs)
+    sample(model, schedule, shape, num_steps=3, solver=DDIMSolver(0.0), progress=False)
+    for eta in [-0.1, float("nan"), float("inf"), "one"]:
+        with pytest.raises(ValueError, match="eta must be a finite number >= 0"):
+            DDIMSolver(eta)
+        with pytest.raises(ValueError, match="eta must be a finite number >= 0"):
+            ddim_step(schedule, torch.zeros(shape), 5, 3, torch.zeros(shape), eta=eta)
+    x = torch.zeros(shape)
+    for ts in [[5.7, 3, 0], [5, 2.5, 0]]:  # never truncated to whole numbers
+        with pytest.raises(ValueError, match="whole numbers"):
+            list(sample_loop(lambda xt, t: xt, schedule, x, ts, DDPMSolver()))
+    assert len(list(sample_loop(lambda xt, t: xt, schedule, x, [5.0, 3, 0], DDPMSolver()))) == 3
+
+
+def test_the_hooks_change_eps_before_each_step_and_x_after_it(model, schedule):
+    """eps_hook(x_t, t, eps) feeds the step; x_hook(x_s, s) feeds the next step and the result."""
+    shape, calls = (2, 1, 8, 8), []
+
+    def eps_hook(xt, t, eps):
+        calls.append(("eps", t))
+        return torch.zeros_like(eps)  # the step then sees no noise prediction at all
+
+    def x_hook(x, s):
+        calls.append(("x", s))
+        return x + 1.0
+
+    def plain_net(xt, t):
+        return torch.full_like(xt, 3.0)
+
+    solver = DDIMSolver(0.0)
+    ts = [7, 4, 0]
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    *_, (_, out, _) = sample_loop(plain_net, schedule, x_T, ts, solver, eps_hook=eps_hook,
+                                  x_hook=x_hook)  # fmt: skip
+    assert calls == [("eps", 7), ("x", 4), ("eps", 4), ("x", 0)]
+    expected = x_T
+    for t, s in [(7, 4), (4, 0)]:  # by hand: a step with eps = 0, then + 1
+        expected = ddim_step(schedule, expected, t, s, torch.zeros(shape)) + 1.0
+    torch.testing.assert_close(out, expected)
+    # Through sample(): the hooks reach the loop, the result is the last x_hook's.
+    calls.clear()
+    hooked = sample(model, schedule, shape, torch.Generator().manual_seed(0), num_steps=3,
+                    eta=0.0, eps_hook=eps_hook, x_hook=x_hook, progress=False)  # fmt: skip
+    assert [kind for kind, _ in calls] == ["eps", "x"] * 3 and calls[-1] == ("x", 0)
+    expected = torch.randn(shape, generator=torch.Generator().manual_seed(0))  # sample's x_T
+    for t, s in pairwise([*timesteps(T, 3), 0]):
+        expected = ddim_step(schedule, expected, t, s, torch.zeros(shape)) + 1.0
+    torch.testing.assert_close(hooked, expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -268,7 +268,7 @@ def test_sample_refuses_bad_solver_options():
         sample(gaussian_oracle, SCHEDULE, solver="euler", **kw)
     with pytest.raises(ValueError, match="eta"):
         sample(gaussian_oracle, SCHEDULE, solver="dpm_solver++", eta=0.0, **kw)
-    with pytest.raises(ValueError, match="eta must be >= 0"):
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0"):
         sample(gaussian_oracle, SCHEDULE, eta=-1.0, **kw)
     with pytest.raises(ValueError, match="generator"):
         sample(gaussian_oracle, SCHEDULE, eta=0.5, **kw)  # stochastic DDIM needs a generator

@@ -1,4 +1,4 @@
-"""ddpm_lib.sampling, the one-step functions: p_mean_variance and p_sample (Ho et al. Eq. 11,
+"""ddpm_lib.reverse, the one-step functions: p_mean_variance and p_sample (Ho et al. Eq. 11,
 Algorithm 2's step). Tests of the full loop, sample(), live in tests/test_sampling_loop.py."""
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from ddpm_lib.forward import q_sample
 from ddpm_lib.posterior import q_posterior_mean_variance
-from ddpm_lib.sampling import VARIANCES, p_mean_variance, p_sample
+from ddpm_lib.reverse import VARIANCES, p_mean_variance, p_sample
 from ddpm_lib.schedules import NoiseSchedule, linear_betas
 from ddpm_lib.utils import extract
 
@@ -166,3 +166,10 @@ def test_p_bad_model_output_or_t_shape_is_refused():
         p_sample(lambda xt, t: None, SCHEDULE, x, 5)
     with pytest.raises(ValueError, match="shape"):
         p_sample(random_model, SCHEDULE, x, torch.tensor([1, 2]))
+
+
+def test_sampling_still_offers_the_one_step_functions():
+    """ddpm_lib.sampling re-exports them (the public API of DESIGN.md names them there)."""
+    from ddpm_lib import sampling
+
+    assert sampling.p_sample is p_sample and sampling.p_mean_variance is p_mean_variance
