@@ -5,5 +5,5 @@ Each module is written by the notebooks named in its header; edit those, then ru
 
 __version__ = "0.1.0"
 
-# Chapter 09's solvers register themselves with the sampling loop (sampling.SOLVERS) on import.
+# ddpm_lib.solvers registers DDIM and DPM-Solver++ with the sampling loop (sampling.SOLVERS).
 from ddpm_lib import solvers as _solvers  # noqa: E402, F401

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .distributed import current_distributed, per_rank_batch  # noqa: F401 - for training
 from .sampling import sample
 from .schedules import NoiseSchedule
 from .unet import UNet, check_labels

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .data import load_mini_mnist
+from .sampling import sample
 
 # Shipped as package data, made by scripts/train_digit_classifier.py.
 CLASSIFIER_PATH = (
@@ -275,8 +276,6 @@ def draw_digits(
     Returns:
         (num, C, H, W) float32 samples on the CPU, clipped to [-1, 1], H = W = image_size.
     """
-    from ddpm_lib.sampling import sample
-
     device = next(model.parameters()).device
     size, channels = model.config.image_size, model.config.in_channels
     generator = torch.Generator(device=device).manual_seed(seed)

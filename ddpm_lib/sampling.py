@@ -122,7 +122,9 @@ class DDPMSolver:
         return mean + variance.sqrt() * noise_like(xt, generator)
 
 
-SOLVERS = {"ddpm": DDPMSolver}  # name -> solver class; chapter 09 adds "ddim", "dpm_solver++"
+SOLVERS = {
+    "ddpm": DDPMSolver
+}  # name -> solver class; ddpm_lib.solvers adds "ddim", "dpm_solver++"
 
 
 @torch.no_grad()
@@ -161,7 +163,7 @@ def sample_loop(
 
     Yields:
         (t, x_t, x0_pred) before each step: the int t, x_t and the x_0 that eps_pred implies
-        (Book Eq. (eq-x0-pred));
+        (Book Eq. (eq-x0-pred); Ho et al. Eq. 15);
         last, (ts[-1], x, x0) with x0 = x if ts[-1] = 0, else None.
     """
     ts = check_timestep_sequence(ts, schedule.num_timesteps)

@@ -71,7 +71,8 @@ class NoiseSchedule:
     def from_betas(cls, betas: torch.Tensor) -> "NoiseSchedule":
         """Build every table from beta_1..beta_T (a (T,) tensor), in float64, stored float32.
 
-        alpha_t = 1 - beta_t, alpha_bar_t = prod_{tau <= t} alpha_tau: Book Eq. (eq-alpha-bar).
+        alpha_t = 1 - beta_t, alpha_bar_t = prod_{tau <= t} alpha_tau: Book Eq. (eq-alpha-bar);
+        Ho et al.'s definitions, just before their Eq. 4.
         """
         betas = torch.as_tensor(betas, dtype=torch.float64).cpu()
         if betas.dim() != 1 or betas.numel() < 1:

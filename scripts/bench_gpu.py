@@ -53,6 +53,7 @@ from bench_sample import SampleBench  # noqa: E402
 from bench_train import TrainBench  # noqa: E402
 
 from ddpm_lib.profiling import matmul_tflops  # noqa: E402
+from ddpm_lib.utils import precision_dtype  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +136,8 @@ def environment(args, device: torch.device) -> dict:
 def peaks(size: Size, device: torch.device) -> dict:
     """The speed of one large bf16 and fp32 matrix product: the card's practical peak."""
     out = {"matmul_n": size.peak_n}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+    for name in ("bf16", "fp32"):
+        dtype = precision_dtype(name) or torch.float32
         tflops = matmul_tflops(device, dtype, size.peak_n, size.peak_iters)
         out[f"{name}_matmul_tflops"] = float(f"{tflops:.4g}")
     return out

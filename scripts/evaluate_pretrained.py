@@ -31,7 +31,7 @@ from ddpm_lib.metrics import (  # noqa: E402
     quality_table,
     to_uint8,
 )
-from ddpm_lib.utils import autocast_dtype, get_device  # noqa: E402
+from ddpm_lib.utils import PRECISIONS, autocast_dtype, get_device  # noqa: E402
 
 
 def print_table(table: dict) -> None:
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--save-samples", type=Path, help="with --sample: keep them here (.npz)")
     p.add_argument("--out", type=Path, help="write the table here (JSON)")
     p.add_argument("--device", help="default: cuda, else mps, else cpu")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="bf16",
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16",
                    help="autocast dtype for sampling on a GPU")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

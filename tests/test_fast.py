@@ -466,13 +466,6 @@ def test_count_flops_counts_products():
     assert matmul_tflops("cpu", torch.float32, n=64, iters=2) > 0
 
 
-def test_distributed_helpers_keep_their_old_address_for_training():
-    from ddpm_lib import distributed
-
-    assert fast.current_distributed is distributed.current_distributed
-    assert fast.per_rank_batch is distributed.per_rank_batch
-
-
 @pytest.mark.slow
 def test_compiled_fast_path_matches_on_cpu():
     """torch.compile (Inductor's C++ backend here): about a minute on a 2-core CPU."""
