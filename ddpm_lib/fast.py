@@ -294,7 +294,7 @@ def sample_fast(
     cuda_graph = on_cuda if cuda_graph is None else cuda_graph
     if isinstance(model, UNet):  # checked here once: the prepared network checks nothing
         model.check_input(tuple(shape), schedule.num_timesteps)
-        labels = check_labels(labels, model.config.num_classes, shape[0], device)
+        labels = check_labels(labels, model.config.num_classes, shape[0], device, null=False)
     was_training = model.training
     try:
         net = sampling_net(model, precision, cast_weights, channels_last, compile, cuda_graph)

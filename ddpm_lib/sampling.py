@@ -247,7 +247,7 @@ def noise_predictor(model, shape, num_timesteps: int, labels=None, guidance: flo
         return net
     device = _model_device(model, None)
     if isinstance(model, UNet):
-        labels = check_labels(labels, model.config.num_classes, shape[0], device)
+        labels = check_labels(labels, model.config.num_classes, shape[0], device, null=False)
     if guidance == 0:
         return lambda xt, t: net(xt, t, labels)
     null = getattr(model, "null_label", None)

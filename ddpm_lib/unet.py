@@ -329,8 +329,11 @@ class UNet(nn.Module):
         return out.to(xt.dtype)
 
 
-def check_labels(labels, num_classes: int | None, batch_size: int, device) -> torch.Tensor | None:
-    """Check class labels for a batch: (B,) integers in 0..num_classes (num_classes: none).
+def check_labels(
+    labels, num_classes: int | None, batch_size: int, device, *, null: bool = True
+) -> torch.Tensor | None:
+    """Check class labels for a batch: (B,) integers in 0..num_classes-1, and num_classes (the
+    null label, "no label") if `null`.
 
     Returns labels as int64 (one read of their values), or None. A clear error for labels given
     to an unconditional model (num_classes None), of the wrong length, or out of range.
@@ -354,11 +357,9 @@ def check_labels(labels, num_classes: int | None, batch_size: int, device) -> to
         )
     if labels.numel():
         lo, hi = torch.stack(torch.aminmax(labels.long())).tolist()  # one read
-        if lo < 0 or hi > num_classes:
-            raise ValueError(
-                f"labels must lie in 0..{num_classes - 1} (or {num_classes} for no label), "
-                f"got {lo}..{hi}"
-            )
+        if lo < 0 or hi > num_classes - (not null):
+            also = f" (or {num_classes} for no label)" if null else " (for no label: labels=None)"
+            raise ValueError(f"labels must lie in 0..{num_classes - 1}{also}, got {lo}..{hi}")
     return labels.long()
 
 

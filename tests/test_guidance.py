@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import tiny_unet_config
 
+from ddpm_lib.fast import sample_fast
 from ddpm_lib.guidance import (
     GaussianClasses,
     NoisyClassifier,
@@ -147,6 +148,14 @@ def test_labels_are_checked_where_the_user_calls():
         sample(model, SHORT, guidance=2.0, **kw)
     with pytest.raises(ValueError, match="0..2"):
         sample(model, SHORT, labels=torch.tensor([0, 1, 2, 3 + 1]), **kw)
+    # The null label (3) is the network's "no label": model() takes it, a sampler asks for a
+    # class and refuses it (labels=None draws with no label).
+    assert model(x, t, torch.tensor([0, 1, 2, 3])).shape == x.shape
+    for guidance in [0.0, 2.0]:
+        with pytest.raises(ValueError, match=r"0..2 \(for no label: labels=None\)"):
+            sample(model, SHORT, labels=torch.tensor([0, 1, 2, 3]), guidance=guidance, **kw)
+        with pytest.raises(ValueError, match="0..2"):
+            sample_fast(model, SHORT, labels=3, guidance=guidance, **kw)
     with pytest.raises(ValueError, match="4 integers"):
         sample(model, SHORT, labels=torch.tensor([0, 1]), **kw)
 
