@@ -7,8 +7,17 @@ Each notebook runs in a fresh kernel (nbclient), in its own folder, with DDPM_SI
 --size. A --param NAME=VALUE is injected, as papermill does, in a new cell right after the
 cell tagged "parameters" of every notebook whose parameters cell assigns NAME; the results say
 which notebooks got which values. Writes <out>/notebook_runs.json (per notebook: status,
-seconds, the slowest cells, the error if any) and <out>/executed/<name>.ipynb, and prints a
-Markdown table last. The exit status is 1 if any notebook failed or timed out.
+seconds, the slowest cells, the error if any, and the time of each cell tagged "timed") and,
+unless --no-executed, <out>/executed/<name>.ipynb, and prints a Markdown table last. The exit
+status is 1 if any notebook failed or timed out.
+
+A cell tagged "timed" is one whose time the book quotes (its live sampling cells, for example).
+Its record holds the cell's id and the SHA-256 of its source, so that a test can tell a time
+measured on the cell as it is now from one measured on an older version of it:
+
+    python scripts/run_notebooks.py notebooks/07_training_and_sampling.ipynb \
+        notebooks/09_faster_sampling.ipynb notebooks/10_guidance.ipynb \
+        --out book/results/toy_cpu --no-executed
 
 This is the book's "full size" run on a GPU machine (chapter 20 commits its results); on a
 laptop CPU, `--size toy` runs the same notebooks that `make book` executes.
@@ -19,6 +28,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -32,6 +42,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMETERS_TAG = "parameters"
+TIMED_TAG = "timed"
 
 
 def toc_notebooks(root: Path = ROOT) -> list[Path]:
@@ -103,12 +114,27 @@ def cell_seconds(cell) -> float | None:
     return (end - start).total_seconds()
 
 
+def source_sha256(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def timed_cells(nb) -> list[dict]:
+    """The id, source hash and seconds of each code cell tagged "timed" (None if it never ran)."""
+    return [
+        {"cell_id": c.get("id"), "source_sha256": source_sha256(c.source),
+         "seconds": None if (s := cell_seconds(c)) is None else round(s, 1)}
+        for c in nb.cells
+        if c.cell_type == "code" and TIMED_TAG in c.metadata.get("tags", [])
+    ]  # fmt: skip
+
+
 def run_one(
     path: Path,
     params: dict,
     cell_timeout: int,
     out_dir: Path | None,
     deadline: float | None = None,
+    keep_executed: bool = True,
 ) -> dict:
     """Execute one notebook; return its record (status, seconds, slowest cells, error).
 
@@ -146,13 +172,14 @@ def run_one(
         {"cell": i, "seconds": round(s, 1), "first_line": nb.cells[i].source.split("\n")[0][:80]}
         for i, s in sorted(timed, key=lambda x: -x[1])[:3]
     ]
+    record["timed_cells"] = timed_cells(nb)
     if record["status"] != "ok":
         failed = [
             i for i, c in enumerate(nb.cells)
             if any(o.get("output_type") == "error" for o in c.get("outputs", []))
         ]  # fmt: skip
         record["failed_cell"] = failed[0] if failed else None
-    if out_dir is not None:
+    if out_dir is not None and keep_executed:
         (out_dir / "executed").mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, out_dir / "executed" / path.name)
     return record
@@ -177,9 +204,13 @@ def markdown_table(records: list[dict]) -> str:
 
 
 def environment(size: str) -> dict:
+    sys.path.insert(0, str(Path(__file__).parent))  # scripts/sampling_quality.py
+    from sampling_quality import code_version
+
     env = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "size": size, "python": platform.python_version(), "platform": platform.platform(),
+        "cpus": os.cpu_count(), "code": code_version(),
         "command": "python scripts/run_notebooks.py " + " ".join(sys.argv[1:]),
     }  # fmt: skip
     try:
@@ -205,6 +236,8 @@ def main(argv=None) -> int:
                    help="stop the cell running at this many seconds from the start, recorded "
                         "as a timeout (0: no limit)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="folder for the JSON and notebooks")
+    p.add_argument("--no-executed", action="store_true",
+                   help="write only the JSON, not the executed notebooks")  # fmt: skip
     args = p.parse_args(argv)
 
     params = parse_params(args.param)
@@ -223,7 +256,8 @@ def main(argv=None) -> int:
         else:
             print(f"[{spent:6.1f} s] {path.stem} ...", flush=True)
             deadline = time.monotonic() + args.hard_limit_s - spent if args.hard_limit_s else None
-            record = run_one(path, params, args.cell_timeout, args.out, deadline)
+            record = run_one(path, params, args.cell_timeout, args.out, deadline,
+                             keep_executed=not args.no_executed)  # fmt: skip
             print(f"[{time.perf_counter() - start:6.1f} s] {path.stem}: {record['status']} "
                   f"in {record['seconds']:.1f} s", flush=True)  # fmt: skip
         results["notebooks"].append(record)

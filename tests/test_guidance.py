@@ -200,3 +200,18 @@ def test_the_noisy_classifier_learns_and_round_trips(tmp_path):
         load_noisy_classifier(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="labels"):
         train_noisy_classifier(model, SHORT, images, labels[:5], 1, progress=False)
+
+
+def test_diffusers_guides_only_above_a_guidance_scale_of_one():
+    """Chapter 10, exercise 3: diffusers' guidance_scale is 1 + w, and its pipelines apply
+    guidance only when it exceeds 1 (any smaller value runs the conditional model alone)."""
+    import importlib.util
+    from pathlib import Path
+
+    # Read, not imported: the pipeline's import needs transformers, which the tests lack.
+    root = Path(importlib.util.find_spec("diffusers").origin).parent
+    source = (root / "pipelines/stable_diffusion/pipeline_stable_diffusion.py").read_text()
+    guard = source.split("def do_classifier_free_guidance(self):")[1].split("def ")[0]
+    assert "return self._guidance_scale > 1" in guard
+    g, eps_c, eps_u = 7.5, torch.randn(3), torch.randn(3)  # their formula, our w = g - 1
+    torch.testing.assert_close(eps_u + g * (eps_c - eps_u), cfg_eps(eps_c, eps_u, g - 1.0))

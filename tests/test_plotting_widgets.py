@@ -12,8 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
+from ddpm_lib import widgets
 from ddpm_lib.plotting import image_to_png, show_images, to_display
-from ddpm_lib.widgets import noise_slider_live, noise_slider_static
+from ddpm_lib.widgets import (
+    choice_grid_live,
+    choice_grid_static,
+    noise_slider_live,
+    noise_slider_static,
+)
 
 
 def test_to_display_maps_range_and_layout():
@@ -73,6 +79,52 @@ def test_live_slider_recomputes():
     assert calls == [0, 15] and image.value != before
 
 
+def test_two_static_sliders_choose_among_precomputed_pictures(monkeypatch):
+    """choice_grid_static: slider 1 picks a row of frames (the outer Stack), slider 2 a frame
+    of every row (each inner Stack); the links act in the browser, here the right traits."""
+    ipywidgets = pytest.importorskip("ipywidgets")
+    links = []
+    real_jslink = ipywidgets.jslink
+    monkeypatch.setattr(
+        ipywidgets, "jslink", lambda a, b: links.append((a, b)) or real_jslink(a, b)
+    )
+    values = torch.linspace(-1, 1, 6).reshape(2, 3)  # frames[i, j] is grey level values[i, j]
+    frames = values[:, :, None, None, None].expand(2, 3, 1, 4, 4)
+    box = choice_grid_static(frames, [3, 7], [0.0, 2.0, 4.0], names=("digit", "w"))
+    slider_a, slider_b, outer = box.children
+    assert list(slider_a.options) == ["3", "7"] and list(slider_b.options) == ["0.0", "2.0", "4.0"]
+    assert (slider_a.description, slider_b.description) == ("digit", "w")
+    assert len(outer.children) == 2 and all(len(inner.children) == 3 for inner in outer.children)
+    pictures = [[p.value for p in inner.children] for inner in outer.children]
+    for i in range(2):
+        for j in range(3):  # each picture is its own frame's
+            expected = image_to_png(frames[i, j], 320)
+            assert pictures[i][j] == expected
+    assert len({v for row in pictures for v in row}) == 6
+    assert links[0] == ((slider_a, "index"), (outer, "selected_index"))
+    assert links[1:] == [
+        ((slider_b, "index"), (inner, "selected_index")) for inner in outer.children
+    ]
+    with pytest.raises(ValueError, match="2 x 2 values"):
+        choice_grid_static(frames, [3, 7], [0.0, 2.0])
+
+
+def test_two_live_sliders_recompute_from_both_values():
+    pytest.importorskip("ipywidgets")
+    calls = []
+
+    def make_image(digit, w):
+        calls.append((digit, w))
+        return torch.full((1, 4, 4), digit / 10 - w / 10)
+
+    box = choice_grid_live(make_image, [3, 7], [0.0, 2.0], names=("digit", "w"))
+    slider_a, slider_b, image = box.children
+    first = image.value
+    slider_a.value = 7
+    slider_b.value = 2.0
+    assert calls == [(3, 0.0), (7, 0.0), (7, 2.0)] and image.value != first
+
+
 def test_slider_pictures_are_sized_for_the_page_and_never_stretched():
     """Each picture is shown at its PNG's width (a bare Image in a VBox would be stretched to
     the whole output), at most size_px, by a whole factor; the slider is as wide as it."""
@@ -91,6 +143,10 @@ def test_slider_pictures_are_sized_for_the_page_and_never_stretched():
     assert 28 * 11 <= 320 < 28 * 12  # the default size_px = 320: the largest whole factor
 
 
+# Every widget of ddpm_lib.widgets that needs a running kernel.
+LIVE_WIDGETS = [name for name in widgets.__all__ if name.endswith("_live")]
+
+
 def test_live_sliders_are_hidden_from_the_static_book():
     """A live slider needs a kernel: every notebook cell that makes one (outside the library's
     own definition) carries remove-output, so that the rendered book shows only sliders that
@@ -103,8 +159,9 @@ def test_live_sliders_are_hidden_from_the_static_book():
             if (
                 cell["cell_type"] == "code"
                 and "#| export" not in src
-                and "noise_slider_live(" in src
+                and any(f"{name}(" in src for name in LIVE_WIDGETS)
             ):
                 live_cells.append((nb.name, cell["id"], cell.get("metadata", {}).get("tags", [])))
-    assert any(name.startswith("02_") for name, _, _ in live_cells), "chapter 02 has a live slider"
+    made_in = {name[:2] for name, _, _ in live_cells}
+    assert {"02", "10"} <= made_in, f"chapters 02 and 10 have live sliders, found {made_in}"
     assert [cell for cell in live_cells if not hidden & set(cell[2])] == []

@@ -54,7 +54,8 @@ def test_the_toc_lists_every_chapter_in_order():
 def test_a_run_records_times_failures_and_budget(tmp_path):
     """Three small notebooks in fresh kernels: one passes with a parameter, one fails."""
     checks = "import os\nassert minutes == 0.5, minutes\nassert os.environ['DDPM_SIZE'] == 'toy'"
-    good = notebook("minutes = 30", checks, tags={0: ["parameters"]})
+    good = notebook("minutes = 30", checks, "import time\ntime.sleep(0.3)",
+                    tags={0: ["parameters"], 2: ["timed"]})  # fmt: skip
     bad = notebook("x = 1", "raise ValueError('planted failure')", "never = True")
     for name, nb in [("a_good", good), ("b_bad", bad), ("c_late", notebook("pass"))]:
         nbformat.write(nb, tmp_path / f"{name}.ipynb")
@@ -69,9 +70,15 @@ def test_a_run_records_times_failures_and_budget(tmp_path):
     assert bad_run["status"] == "error" and bad_run["ename"] == "ValueError"
     assert "planted failure" in bad_run["evalue"] and bad_run["failed_cell"] == 1
     assert (out / "executed" / "b_bad.ipynb").exists()
-    assert results["meta"]["size"] == "toy"
+    assert results["meta"]["size"] == "toy" and results["meta"]["cpus"] >= 1
+    # The cell tagged "timed": its id, the hash of its source, and its own time.
+    (timed,) = good_run["timed_cells"]
+    assert timed["cell_id"] == good.cells[2].id and timed["seconds"] >= 0.3
+    assert timed["source_sha256"] == runner.source_sha256("import time\ntime.sleep(0.3)")
+    assert bad_run["timed_cells"] == []
     # A spent budget skips the notebooks still to come, and says so.
-    status = runner.main([str(tmp_path / "c_late.ipynb"), "--budget-s", "1e-9", "--out", str(out)])
+    status = runner.main([str(tmp_path / "c_late.ipynb"), "--budget-s", "1e-9", "--out", str(out),
+                          "--no-executed"])  # fmt: skip
     late = json.loads((out / "notebook_runs.json").read_text())["notebooks"][0]
     assert status == 0 and late["status"] == "skipped" and "time budget" in late["reason"]
 
