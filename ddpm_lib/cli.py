@@ -78,7 +78,15 @@ def train_arguments(argv=None) -> argparse.Namespace:
         epilog=TRAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--preset", choices=PRESETS, default="mnist")
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="mnist",
+        help="the model and its training run: toy (14x14 digits, seconds on a CPU), mnist "
+        "(28x28 digits, the shipped model's U-Net; minutes on a GPU), mnist_conditional (the "
+        "same, "
+        "class-conditional), ddpm_cifar10 (Ho et al.'s CIFAR-10 run); default: mnist",
+    )
     p.add_argument(
         "--data",
         help=f"one of {', '.join(DATASETS)}, or a folder of images (with or without one "
@@ -88,8 +96,8 @@ def train_arguments(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="the run's folder")
     p.add_argument("--steps", type=int, help="total gradient steps (default: the preset's)")
     p.add_argument("--max-minutes", type=float, help="wall-time budget of the training loop")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int, help="images per step (default: the preset's)")
+    p.add_argument("--lr", type=float, help="Adam's learning rate (default: the preset's)")
     p.add_argument(
         "--warmup-steps", type=int, help="learning-rate warm-up (default: the preset's)"
     )
@@ -126,16 +134,18 @@ def train_arguments(argv=None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true", help="fast path: channels-last")
     p.add_argument("--compile", action="store_true", help="fast path: torch.compile the U-Net")
     p.add_argument("--fused-adam", action="store_true", help="fast path: fused AdamW")
-    p.add_argument("--log-every", type=int)
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--sample-every", type=int)
+    p.add_argument("--log-every", type=int, help="steps between log lines (log.jsonl)")
+    p.add_argument(
+        "--checkpoint-every", type=int, help="steps between checkpoints (out/checkpoint)"
+    )
+    p.add_argument("--sample-every", type=int, help="steps between sample grids (out/samples)")
     p.add_argument("--sample-images", type=int, help="images per sample grid (0: none)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the run's random numbers")
     p.add_argument("--device", help="default: cuda, else mps, else cpu")
     p.add_argument(
         "--no-resume", action="store_true", help="start afresh even if out/checkpoint exists"
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--export", type=Path, help="write the float16 checkpoint to share here")
     p.add_argument("--eval-samples", type=int, default=0, help="with --export: samples to score")
     args = p.parse_args(argv)
@@ -200,12 +210,15 @@ def train_main(argv=None) -> int:
     if data_name in DATASETS:
         loaded = load_images(data_name, "train", return_labels=conditional)
     else:  # a folder of images, read at the model's size and channels
-        loaded = load_images(
-            Path(data_name),
-            image_size=unet_config.image_size,
-            channels=unet_config.in_channels,
-            return_labels=conditional,
-        )
+        try:
+            loaded = load_images(
+                Path(data_name),
+                image_size=unet_config.image_size,
+                channels=unet_config.in_channels,
+                return_labels=conditional,
+            )
+        except (OSError, ValueError) as err:  # empty, unreadable files, mixed sizes
+            sys.exit(f"ddpm-train: --data {data_name}: {err}")
     if procs.world_size > 1 and procs.is_main:
         torch.distributed.barrier()
     images, labels = loaded if conditional else (loaded, None)
@@ -367,7 +380,9 @@ def sample_arguments(argv=None) -> argparse.Namespace:
         default=0.0,
         help="classifier-free guidance weight w >= 0 (needs --label; chapter 10)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the noise (same seed, same images)"
+    )
     p.add_argument("--ncols", type=int, default=8, help="images per row of the grid")
     p.add_argument("--device", help="default: cuda, else mps, else cpu")
     args = p.parse_args(argv)

@@ -154,7 +154,11 @@ def empirical_loss_floor(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Ten
 
 
 def check_loss(model, schedule: NoiseSchedule, x0, generator, labels=None) -> Finding:
-    """L_simple over t uniform, against 1 (predicting zero) and the data's own floor."""
+    """L_simple over t uniform, against 1 (predicting zero) and the data's own floor.
+
+    Not ok if it does not beat predicting zero by 10% (keep training), or if it is below half
+    the floor, which a network that sees only x_t and t cannot reach on fresh noise: then it
+    sees the noise itself (a leak), or the loss is computed wrongly."""
     T = schedule.num_timesteps
     t = torch.randint(1, T + 1, (x0.shape[0],), generator=generator, device=x0.device)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device)
@@ -168,6 +172,9 @@ def check_loss(model, schedule: NoiseSchedule, x0, generator, labels=None) -> Fi
         f"L_simple {loss:.4f}; predicting zero scores {zero:.4f}, and a network that memorised "
         f"these {x0.shape[0]} images {floor:.4f} (no network can go below that on them)"
     )
+    if loss < 0.5 * floor:
+        leak = ": impossible from x_t and t alone, so the network sees the noise (a leak?)"
+        return Finding("loss", False, message + leak)
     ok = loss < 0.9 * zero
     return Finding("loss", ok, message if ok else message + ": keep training")
 

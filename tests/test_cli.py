@@ -85,3 +85,16 @@ def test_train_then_sample_the_exported_checkpoint(tmp_path):
                   "--steps", "1", "--no-progress")  # fmt: skip
     assert refused.returncode != 0 and "the architectures differ" in refused.stderr
     assert not (tmp_path / "no" / "checkpoint").exists()
+
+
+def test_train_explains_a_bad_folder_of_images_without_a_traceback(tmp_path):
+    empty, broken = tmp_path / "empty", tmp_path / "broken"
+    for folder in (empty, broken):
+        folder.mkdir()
+    (broken / "c.png").write_bytes(b"not a picture")
+    for folder, message in [(empty, "no images"), (broken, "c.png")]:
+        result = run("ddpm-train", "--preset", "toy", "--data", folder, "--out",
+                     tmp_path / "run", "--steps", "1", "--no-progress")  # fmt: skip
+        assert result.returncode != 0 and f"ddpm-train: --data {folder}" in result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "run" / "checkpoint").exists()

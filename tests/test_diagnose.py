@@ -58,6 +58,13 @@ def test_noise_prediction_and_loss_against_zero_and_the_floor():
     assert check_loss(ORACLE, SCHEDULE, DATA, gen).ok
     assert not check_loss(lambda xt, t: torch.zeros_like(xt), SCHEDULE, DATA, gen).ok
 
+    def leaky(xt, t):  # knows which image each x_t came from: the noise, exactly
+        ab = SCHEDULE.alpha_bars[t][:, None]
+        return (xt - ab.sqrt() * DATA) / (1 - ab).sqrt()
+
+    found = check_loss(leaky, SCHEDULE, DATA, gen)
+    assert not found.ok and "sees the noise" in found.message, found
+
 
 def test_the_empirical_floor_is_the_oracle_of_the_data():
     """The memorising optimum is the mixture oracle of the data points with a vanishing width."""
