@@ -92,3 +92,30 @@ def test_the_hard_limit_stops_a_long_cell_and_says_so(tmp_path):
     assert time.monotonic() - start < 30
     record = json.loads((out / "notebook_runs.json").read_text())["notebooks"][0]
     assert status == 1 and record["status"] == "timeout", record
+
+
+TOY_RUNS = ROOT / "book" / "results" / "toy_cpu" / "notebook_runs.json"
+
+
+def test_the_times_the_book_quotes_were_measured_on_the_cells_as_they_are():
+    """Each cell tagged "timed" (a live cell whose time the book states) has a committed time,
+    measured at toy size on the build machine on its present source, of at most 30 s. A changed
+    cell needs a new measurement: the command is in the results file and in run_notebooks.py."""
+    runs = json.loads(TOY_RUNS.read_text())
+    assert runs["meta"]["size"] == "toy" and "--no-executed" in runs["meta"]["command"]
+    measured = {
+        (r["notebook"], c["cell_id"]): c for r in runs["notebooks"] for c in r["timed_cells"]
+    }
+    assert all(r["status"] == "ok" for r in runs["notebooks"])
+    timed = []
+    for path in runner.toc_notebooks():
+        for cell in nbformat.read(path, as_version=4).cells:
+            if runner.TIMED_TAG in cell.metadata.get("tags", []):
+                timed.append((path.stem, cell.id))
+                record = measured.get((path.stem, cell.id))
+                assert record is not None, f"{path.stem} cell {cell.id}: no committed time"
+                assert record["source_sha256"] == runner.source_sha256(cell.source), (
+                    f"{path.stem} cell {cell.id} changed since its time was measured"
+                )
+                assert record["seconds"] is not None and record["seconds"] <= 30, record
+    assert {name[:2] for name, _ in timed} >= {"07", "09", "10"}
