@@ -64,7 +64,9 @@ def p_mean_variance(model, schedule: NoiseSchedule, xt, t, variance: str = "fixe
     variance = sigma_t^2 = beta_tilde_t ("fixed_small") or beta_t ("fixed_large")
 
     Args:
-        model: callable, model(xt, t) -> eps_pred (B, ...) of xt's shape; t paper-indexed.
+        model: callable, model(xt, t) -> eps_pred (B, ...) of xt's shape; t paper-indexed. A
+            model with a check_input(shape, T) method (chapter 06's UNet) is asked first
+            whether it takes xt's shape and the schedule's T.
         schedule: the noise schedule, on xt's device.
         xt: (B, ...) noisy data x_t.
         t: (B,) integer timesteps in 1..T (or an int for the whole batch).
@@ -76,6 +78,8 @@ def p_mean_variance(model, schedule: NoiseSchedule, xt, t, variance: str = "fixe
     """
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    if hasattr(model, "check_input"):  # a network built for another T would misread t
+        model.check_input(tuple(xt.shape), schedule.num_timesteps)
     t = check_timesteps(t, schedule.num_timesteps, xt)
     eps_pred = predict_eps(model, xt, t)
     mean = mean_from_eps(

@@ -23,7 +23,7 @@ from ddpm_lib.cli import train_arguments
 from ddpm_lib.losses import simple_loss
 from ddpm_lib.profiling import DeviceReads
 from ddpm_lib.restoration import denoise
-from ddpm_lib.sampling import sample
+from ddpm_lib.sampling import p_sample, sample
 from ddpm_lib.schedules import NoiseSchedule, linear_betas
 from ddpm_lib.solvers import ddim_invert
 from ddpm_lib.training import EMA, TrainConfig, learning_rate, preset, train, train_step
@@ -522,7 +522,15 @@ def test_ema_with_warm_up_averages_as_computed_by_hand():
 
 @pytest.mark.parametrize(
     "entry",
-    ["train", "train on the fast path", "simple_loss", "sample", "ddim_invert", "denoise"],
+    [
+        "train",
+        "train on the fast path",
+        "simple_loss",
+        "sample",
+        "p_sample",
+        "ddim_invert",
+        "denoise",
+    ],
 )
 def test_every_entry_point_refuses_a_schedule_of_another_T(tmp_path, entry):
     """The U-Net is built for t in 1..10; a schedule of T = 20 would index its tables wrongly."""
@@ -535,6 +543,7 @@ def test_every_entry_point_refuses_a_schedule_of_another_T(tmp_path, entry):
         ),
         "simple_loss": lambda: simple_loss(model, longer, data),
         "sample": lambda: sample(model, longer, (2, 1, 8, 8), torch.Generator(), num_steps=3),
+        "p_sample": lambda: p_sample(model, longer, data[:2], 5),  # t = 5 is in both ranges
         "ddim_invert": lambda: ddim_invert(model, longer, data[:2], num_steps=3),
         "denoise": lambda: denoise(model, longer, data[:2].clamp(-1, 1), 0.5, num_steps=2),
     }
