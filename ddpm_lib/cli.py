@@ -84,8 +84,7 @@ def train_arguments(argv=None) -> argparse.Namespace:
         default="mnist",
         help="the model and its training run: toy (14x14 digits, seconds on a CPU), mnist "
         "(28x28 digits, the shipped model's U-Net; minutes on a GPU), mnist_conditional (the "
-        "same, "
-        "class-conditional), ddpm_cifar10 (Ho et al.'s CIFAR-10 run); default: mnist",
+        "same, class-conditional), ddpm_cifar10 (Ho et al.'s CIFAR-10 run); default: mnist",
     )
     p.add_argument(
         "--data",
