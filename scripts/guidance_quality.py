@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # use this checkout's ddpm_lib
 
 import torch  # noqa: E402
-from sampling_quality import code_version  # noqa: E402
+from provenance import code_version  # noqa: E402
 
 from ddpm_lib.checkpoints import load_checkpoint, load_pretrained  # noqa: E402
 from ddpm_lib.guidance import classifier_guidance, load_noisy_classifier  # noqa: E402

@@ -21,7 +21,6 @@ import datetime
 import json
 import math
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,30 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # use this checkout's ddpm_lib
 
 import torch  # noqa: E402
+from provenance import code_version  # noqa: E402
 
 from ddpm_lib.data import load_images  # noqa: E402
 from ddpm_lib.losses import bits_per_dim  # noqa: E402
 from ddpm_lib.training import load_pretrained  # noqa: E402
 
 DEFAULT_OUT = ROOT / "book" / "results" / "likelihood_mnist.json"
-
-
-def code_version() -> str:
-    """The commit of this checkout, with "+changes" if ddpm_lib or scripts differ from it."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "diff", "--quiet", "HEAD", "--", "ddpm_lib", "scripts"], cwd=ROOT
-        ).returncode
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+changes" if dirty else "")
 
 
 def cpu_name() -> str:

@@ -204,8 +204,8 @@ def markdown_table(records: list[dict]) -> str:
 
 
 def environment(size: str) -> dict:
-    sys.path.insert(0, str(Path(__file__).parent))  # scripts/sampling_quality.py
-    from sampling_quality import code_version
+    sys.path.insert(0, str(Path(__file__).parent))  # scripts/provenance.py, beside this file
+    from provenance import code_version
 
     env = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

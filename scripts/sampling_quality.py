@@ -21,7 +21,6 @@ an interrupted run resumes where it stopped. Chapter 09 reads the committed file
 import argparse
 import datetime
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))  # use this checkout's ddpm_lib
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from provenance import code_version  # noqa: E402
 
 from ddpm_lib.checkpoints import load_pretrained, pretrained_path  # noqa: E402
 from ddpm_lib.metrics import (  # noqa: E402
@@ -45,18 +45,6 @@ from ddpm_lib.utils import get_device  # noqa: E402
 
 SOLVERS = ("ddpm", "ddim", "dpm_solver++")
 DEFAULT_OUT = ROOT / "book" / "results" / "sampling_quality.json"
-
-
-def code_version() -> str:
-    """The commit of this checkout, with "+changes" if its tracked files differ from it."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                                capture_output=True, text=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "ddpm_lib", "scripts"],
-                               cwd=ROOT).returncode  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+changes" if dirty else "")
 
 
 def features(classifier, images: torch.Tensor) -> torch.Tensor:
